@@ -1,0 +1,70 @@
+"""One typed settings object, read from environment variables with defaults that work."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+def _env(name: str, default, cast):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if cast is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return cast(raw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob, with its env var in the metadata. `Settings.from_env()` is the only reader."""
+
+    redis_url: str | None = field(default=None, metadata={"env": "REDIS_URL", "help": "Redis to use; unset = start an embedded one"})
+    prefix: str = field(default="re", metadata={"env": "ROUTING_PREFIX", "help": "key prefix (hash tag) for every stream and key"})
+    state_dir: str = field(default="state", metadata={"env": "ROUTING_STATE_DIR", "help": "embedded Redis data + models live here"})
+    models_dir: str = field(default="", metadata={"env": "ROUTING_MODELS_DIR", "help": "model artifacts (default <state_dir>/models)"})
+    train_data: str = field(default="", metadata={"env": "ROUTING_TRAIN_DATA", "help": "CSV/JSONL used by `train`/first start"})
+    team_map: str = field(default="", metadata={"env": "ROUTING_TEAM_MAP", "help": "YAML mapping labels to teams"})
+    agents_file: str = field(default="", metadata={"env": "ROUTING_AGENTS_FILE", "help": "YAML of agents loaded at start"})
+    host: str = field(default="127.0.0.1", metadata={"env": "ROUTING_HOST", "help": "API bind address"})
+    port: int = field(default=8080, metadata={"env": "ROUTING_PORT", "help": "API port"})
+    batch_size: int = field(default=64, metadata={"env": "ROUTING_BATCH_SIZE", "help": "entries read per XREADGROUP"})
+    block_ms: int = field(default=200, metadata={"env": "ROUTING_BLOCK_MS", "help": "XREADGROUP BLOCK; also the shutdown latency"})
+    claim_idle_ms: int = field(default=30_000, metadata={"env": "ROUTING_CLAIM_IDLE_MS", "help": "reclaim entries idle this long (dead consumer)"})
+    claim_every_ms: int = field(default=5_000, metadata={"env": "ROUTING_CLAIM_EVERY_MS", "help": "how often a worker runs XAUTOCLAIM"})
+    max_deliveries: int = field(default=5, metadata={"env": "ROUTING_MAX_DELIVERIES", "help": "failures before an entry is dead-lettered"})
+    stream_maxlen: int = field(default=1_000_000, metadata={"env": "ROUTING_STREAM_MAXLEN", "help": "approximate cap per stream"})
+    ticket_ttl_s: int = field(default=7 * 86400, metadata={"env": "ROUTING_TICKET_TTL_S", "help": "how long ticket records are kept"})
+    max_body_bytes: int = field(default=64 * 1024, metadata={"env": "ROUTING_MAX_BODY_BYTES", "help": "largest accepted HTTP body per ticket"})
+    max_text_chars: int = field(default=20_000, metadata={"env": "ROUTING_MAX_TEXT_CHARS", "help": "subject+body longer than this is rejected"})
+    dedup_window_s: int = field(default=300, metadata={"env": "ROUTING_DEDUP_WINDOW_S", "help": "W: near-duplicate search window"})
+    dedup_tau: float = field(default=0.8, metadata={"env": "ROUTING_DEDUP_TAU", "help": "τ: cosine to join a neighbour's group"})
+    incident_k: int = field(default=10, metadata={"env": "ROUTING_INCIDENT_K", "help": "K: group size that opens a master incident"})
+    urgent_threshold: float = field(default=0.8, metadata={"env": "ROUTING_URGENT_THRESHOLD", "help": "S above this sends an alert"})
+    alert_url: str = field(default="", metadata={"env": "ROUTING_ALERT_URL", "help": "outbound webhook for alerts (unset = none)"})
+    alert_timeout_s: float = field(default=2.0, metadata={"env": "ROUTING_ALERT_TIMEOUT_S", "help": "per alert attempt"})
+    alert_retries: int = field(default=3, metadata={"env": "ROUTING_ALERT_RETRIES", "help": "attempts per alert"})
+    api_token: str = field(default="", metadata={"env": "ROUTING_API_TOKEN", "help": "when set, the API requires it (Bearer or cookie)"})
+    log_format: str = field(default="auto", metadata={"env": "ROUTING_LOG_FORMAT", "help": "json | console | auto (console on a TTY)"})
+    log_level: str = field(default="info", metadata={"env": "ROUTING_LOG_LEVEL", "help": "debug | info | warning"})
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        values = {}
+        for f in fields(cls):
+            cast = {int: int, float: float, bool: bool}.get(type(f.default), str)
+            default = f.default
+            values[f.name] = _env(f.metadata["env"], default, cast) if f.name != "redis_url" else os.environ.get("REDIS_URL") or None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def models_path(self) -> Path:
+        return Path(self.models_dir) if self.models_dir else Path(self.state_dir) / "models"
+
+    @staticmethod
+    def describe() -> str:
+        """Env var table for --help and the README."""
+        rows = [f"  {f.metadata['env']:<26} {f.metadata['help']} (default: {f.default!r})" for f in fields(Settings)]
+        return "\n".join(rows)

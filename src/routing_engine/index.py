@@ -1,0 +1,67 @@
+"""Sliding-window FAISS index of recent ticket embeddings, for near-duplicate lookup.
+
+Vectors live in time buckets, one exact inner-product index each; expiring the window drops whole
+buckets, which FAISS flat indexes can't do cheaply one vector at a time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+
+@dataclass
+class _Bucket:
+    start: float
+    index: faiss.IndexFlatIP
+    ids: list[str] = field(default_factory=list)
+
+
+class WindowIndex:
+    def __init__(self, dim: int, window_s: float, bucket_s: float | None = None):
+        self.dim = dim
+        self.window_s = window_s
+        self.bucket_s = bucket_s or max(window_s / 10, 1.0)
+        self._buckets: deque[_Bucket] = deque()
+        self._known: set[str] = set()
+
+    def __len__(self) -> int:
+        return sum(len(b.ids) for b in self._buckets)
+
+    def __contains__(self, ticket_id: str) -> bool:
+        return ticket_id in self._known
+
+    def expire(self, now: float) -> None:
+        # a bucket goes when its newest possible member is older than the window
+        while self._buckets and self._buckets[0].start + self.bucket_s < now - self.window_s:
+            old = self._buckets.popleft()
+            self._known.difference_update(old.ids)
+
+    def add(self, ticket_id: str, vec: np.ndarray, ts: float) -> None:
+        if ticket_id in self._known:
+            return
+        if not self._buckets or ts >= self._buckets[-1].start + self.bucket_s:
+            self._buckets.append(_Bucket(ts, faiss.IndexFlatIP(self.dim)))
+        b = self._buckets[-1]
+        b.index.add(np.ascontiguousarray(vec.reshape(1, -1), dtype=np.float32))
+        b.ids.append(ticket_id)
+        self._known.add(ticket_id)
+
+    def search(self, vecs: np.ndarray) -> list[tuple[str | None, float]]:
+        """Best neighbour (id, cosine) per row over the whole window; (None, -1.0) when empty."""
+        n = len(vecs)
+        best_ids: list[str | None] = [None] * n
+        best = np.full(n, -1.0, dtype=np.float32)
+        q = np.ascontiguousarray(vecs, dtype=np.float32)
+        for b in self._buckets:
+            if not b.ids:
+                continue
+            scores, idx = b.index.search(q, 1)
+            better = scores[:, 0] > best
+            for i in np.nonzero(better)[0]:
+                best[i] = scores[i, 0]
+                best_ids[i] = b.ids[idx[i, 0]]
+        return list(zip(best_ids, best.tolist()))

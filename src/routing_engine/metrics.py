@@ -1,0 +1,18 @@
+"""Prometheus metrics of this process (the API adds cluster-wide gauges read from Redis at scrape time)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ENTRIES = Counter("routing_stage_entries_total", "Entries a stage finished, by outcome", ["stage", "outcome"])
+BATCH_SIZE = Histogram("routing_stage_batch_size", "Entries per batch", ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+BATCH_SECONDS = Histogram(
+    "routing_stage_batch_seconds", "Time to process and commit one batch", ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+END_TO_END = Histogram(
+    "routing_ingest_to_routed_seconds", "Ticket latency from ingest to routed",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RECLAIMED = Counter("routing_stage_reclaimed_total", "Entries reclaimed from idle consumers", ["stage"])
+HTTP_TICKETS = Counter("routing_http_tickets_total", "Tickets over HTTP, by result", ["result"])
+ALERTS = Counter("routing_alerts_total", "Outbound alerts, by result", ["result"])
+MODEL_INFO = Gauge("routing_model_info", "Loaded classifier version", ["version"])
