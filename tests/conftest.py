@@ -82,8 +82,8 @@ async def r(redis_url):
 class InProcessPipeline:
     """The API (aiohttp test server) and every stage, in this process: fast to start, same code paths."""
 
-    def __init__(self, settings, r):
-        self.s, self.r = settings, r
+    def __init__(self, settings, r, stages=("enrich", "dedup", "route", "alerts")):
+        self.s, self.r, self.stages = settings, r, list(stages)
 
     async def __aenter__(self):
         from aiohttp.test_utils import TestClient, TestServer
@@ -100,7 +100,7 @@ class InProcessPipeline:
         await self.client.start_server()
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(
-            run_stages(self.r, build_stages(["enrich", "dedup", "route", "alerts"], self.s), "test-worker", self.stop))
+            run_stages(self.r, build_stages(self.stages, self.s), "test-worker", self.stop))
         return self
 
     async def __aexit__(self, *exc):

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from . import agents as agents_mod
+from . import dashboard, events
 from . import store
 from .config import Settings
 from .errors import BadRequest, Conflict, InvalidTicket, NotFound, PayloadTooLarge, RoutingError, UnsupportedMediaType
@@ -68,6 +69,10 @@ async def auth_middleware(request: web.Request, handler):
     token = request.app[SETTINGS].api_token
     open_paths = ("/healthz", "/metrics", "/openapi.json", "/login")
     if token and not request.path.startswith(open_paths) and not _token_ok(request, token):
+        if request.path == "/":  # a person at the dashboard gets the login form, not JSON
+            from .dashboard import login_page
+
+            return login_page()
         return jresponse(error_body("unauthorized", "missing or wrong API token (Bearer header or routing_token cookie)"), 401)
     return await handler(request)
 
@@ -138,7 +143,7 @@ async def post_batch(request: web.Request) -> web.Response:
                 continue
             accepted.append((i, ticket))
             results.append({})
-            _ingest_call(app, obj, ticket, client=pipe)
+            await _ingest_call(app, obj, ticket, client=pipe)
         replies = await pipe.execute() if accepted else []
     slots = [r for r in results if not r]
     for slot, (i, ticket), (sid, created) in zip(slots, accepted, replies):
@@ -209,6 +214,20 @@ async def get_incident(request: web.Request) -> web.Response:
     return jresponse(inc)
 
 
+@routes.post("/v1/incidents/{incident_id}/resolve")
+async def resolve_incident(request: web.Request) -> web.Response:
+    k, gid = request.app[KEYS], request.match_info["incident_id"]
+    outcome, n, agents = await request.app[SCRIPTS].resolve_incident(
+        keys=[k.group(gid), k.members(gid), k.incidents, k.events], args=[gid, now_ms(), k.base])
+    outcome = outcome.decode()
+    if outcome == "missing":
+        raise NotFound(f"no incident {gid!r}")
+    if outcome == "not_incident":
+        raise Conflict(f"group {gid!r} never became a master incident")
+    return jresponse({"incident_id": gid, "status": "resolved", "already_resolved": outcome == "already",
+                      "tickets_resolved": int(n), "agents_freed": [a.decode() for a in agents]})
+
+
 @routes.get("/v1/agents")
 async def list_agents(request: web.Request) -> web.Response:
     rows = await agents_mod.list_agents(request.app[REDIS], request.app[KEYS])
@@ -259,4 +278,6 @@ def make_app(settings: Settings, r: aioredis.Redis) -> web.Application:
     app[KEYS] = Keys(settings.prefix)
     app[SCRIPTS] = Scripts(r)
     app.add_routes(routes)
+    events.setup(app)
+    dashboard.setup(app)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from dataclasses import asdict, dataclass, field
 
 import orjson
@@ -44,6 +45,15 @@ def _field(err) -> str:
     return path or "(root)"
 
 
+def _is_datetime(value: str) -> bool:
+    # jsonschema only checks "format" when an optional package is present; check it here either way
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return "T" in value or " " in value
+    except ValueError:
+        return False
+
+
 def validate(obj, max_text_chars: int = 20_000, ticket_id: str | None = None) -> Ticket:
     """Check one decoded JSON value against streams/ticket.schema.json plus the rules JSON Schema can't say."""
     if not isinstance(obj, dict):
@@ -55,6 +65,9 @@ def validate(obj, max_text_chars: int = 20_000, ticket_id: str | None = None) ->
             problems.append({"field": "subject", "problem": "missing text: give a non-empty subject or body"})
         else:
             problems.append({"field": _field(err), "problem": err.message})
+    created = obj.get("created_at")
+    if isinstance(created, str) and not _is_datetime(created):
+        problems.append({"field": "created_at", "problem": f"{created!r} is not an ISO 8601 date-time"})
     if not problems:
         subject, body = obj.get("subject", ""), obj.get("body", "")
         if not (subject.strip() or body.strip()):

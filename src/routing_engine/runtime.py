@@ -217,11 +217,12 @@ class StageRunner:
                     queued = o.apply(pipe)
                     if inspect.isawaitable(queued):  # redis-py's async Script queues itself when awaited
                         await queued
-                results = await pipe.execute()
+                # counted inside the transaction so a crash can't commit tickets without counting them
+                pipe.hincrby(self.k.stats, f"processed:{self.stage.name}", len(live))
+                results = (await pipe.execute())[:-1]
             per = len(results) // len(live)
             await self.stage.after_commit(live, [results[i * per:(i + 1) * per] for i in range(len(live))])
             ENTRIES.labels(self.stage.name, "ok").inc(len(live))
-            await self.r.hincrby(self.k.stats, f"processed:{self.stage.name}", len(live))
         if dead:
             await self.dead_letter(dead)
 
@@ -252,6 +253,9 @@ async def run_stages(r: aioredis.Redis, stages: list[Stage], consumer: str, stop
     """Run each stage as its own task until `stop` is set; each finishes the batch in hand first."""
     runners = [StageRunner(r, s, consumer, stop) for s in stages]
     tasks = [asyncio.create_task(run.run(), name=f"stage:{run.stage.name}") for run in runners]
+    if not tasks:
+        await stop.wait()
+        return
     try:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for t in done:
