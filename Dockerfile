@@ -1,0 +1,26 @@
+# routing-engine: API + workers. Build: docker build -t routing-engine .
+# torch is pinned to 2.13.0; on x86_64 PyPI's wheel pulls CUDA libraries. For a small CPU-only image, pass
+# your CPU wheel index: docker build --build-arg TORCH_INDEX_URL=<cpu wheel index> -t routing-engine .
+FROM python:3.11-slim
+
+ARG TORCH_INDEX_URL=""
+ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+    ROUTING_HOST=0.0.0.0 ROUTING_STATE_DIR=/data ROUTING_LOG_FORMAT=json
+
+WORKDIR /app
+RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" torch==2.13.0; \
+    else pip install --no-cache-dir torch==2.13.0; fi
+COPY pyproject.toml README.md ./
+COPY src ./src
+COPY streams ./streams
+COPY dashboards ./dashboards
+COPY config ./config
+RUN pip install --no-cache-dir .
+
+# The model is trained at build time when training data is mounted into the build context as data/train.csv;
+# otherwise mount a models dir (ROUTING_MODELS_DIR) or train once: docker run ... routing-engine train --data ...
+VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)" || exit 1
+ENTRYPOINT ["routing-engine"]
+CMD ["up"]
