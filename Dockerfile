@@ -17,8 +17,8 @@ COPY dashboards ./dashboards
 COPY config ./config
 RUN pip install --no-cache-dir .
 
-# The model is trained at build time when training data is mounted into the build context as data/train.csv;
-# otherwise mount a models dir (ROUTING_MODELS_DIR) or train once: docker run ... routing-engine train --data ...
+# The image holds no trained model: train once into a volume (compose: `docker compose run --rm train`),
+# or let `up` train on first start with ROUTING_TRAIN_DATA pointing at a mounted CSV.
 VOLUME ["/data"]
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)" || exit 1

@@ -46,6 +46,8 @@ class Settings:
     alert_timeout_s: float = field(default=2.0, metadata={"env": "ROUTING_ALERT_TIMEOUT_S", "help": "per alert attempt"})
     alert_retries: int = field(default=3, metadata={"env": "ROUTING_ALERT_RETRIES", "help": "attempts per alert"})
     api_token: str = field(default="", metadata={"env": "ROUTING_API_TOKEN", "help": "when set, the API requires it (Bearer or cookie)"})
+    sse_heartbeat_s: float = field(default=15.0, metadata={"env": "ROUTING_SSE_HEARTBEAT_S", "help": "SSE heartbeat comment interval"})
+    sse_client_buffer: int = field(default=1000, metadata={"env": "ROUTING_SSE_CLIENT_BUFFER", "help": "events buffered per SSE client before it is dropped"})
     log_format: str = field(default="auto", metadata={"env": "ROUTING_LOG_FORMAT", "help": "json | console | auto (console on a TTY)"})
     log_level: str = field(default="info", metadata={"env": "ROUTING_LOG_LEVEL", "help": "debug | info | warning"})
 

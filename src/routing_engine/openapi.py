@@ -71,6 +71,32 @@ def openapi_doc() -> dict:
                 "summary": "One incident with its members",
                 "parameters": [{"name": "incident_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": _json("Incident"), "404": _ERR}}},
+            "/v1/incidents/{incident_id}/resolve": {"post": {
+                "summary": "Resolve a master incident and every routed ticket in it (frees their agents' slots)",
+                "parameters": [{"name": "incident_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json("Resolved"), "404": _ERR, "409": _ERR}}},
+            "/v1/events": {"get": {
+                "summary": "Live event feed (Server-Sent Events). Each event's id is its events-stream id; send it back "
+                           "as Last-Event-ID (or ?last_event_id=) to resume without gaps. Events without an id "
+                           "(snapshot, flood.state, queue.depths) are derived state sent once a second. A client "
+                           "that falls too far behind is disconnected and should reconnect with Last-Event-ID.",
+                "parameters": [
+                    {"name": "types", "in": "query", "schema": {"type": "string"}, "example": "incident,breaker",
+                     "description": "comma-separated type prefixes: `incident` matches incident.*"},
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^\\d+-\\d+$"}},
+                    {"name": "last_event_id", "in": "query", "schema": {"type": "string", "pattern": "^\\d+-\\d+$"}}],
+                "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}},
+                              "400": _ERR, "401": _ERR}}},
+            "/": {"get": {"summary": "Live monitor dashboard (HTML); a login form when a token is required",
+                          "responses": {"200": {"description": "text/html"}, "401": {"description": "login form"}}}},
+            "/login": {"get": {"summary": "`?token=` sets the HttpOnly routing_token cookie and redirects to /",
+                               "security": [],
+                               "parameters": [{"name": "token", "in": "query", "schema": {"type": "string"}}],
+                               "responses": {"303": {"description": "cookie set"}, "401": {"description": "wrong token"}}},
+                       "post": {"summary": "Login form (field `token`): sets the cookie and redirects to /", "security": [],
+                                "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {
+                                    "type": "object", "properties": {"token": {"type": "string"}}}}}},
+                                "responses": {"303": {"description": "cookie set"}, "401": {"description": "wrong token"}}}},
             "/v1/agents": {"get": {"summary": "Agents with load and capacity", "responses": {"200": _json("Agents")}}},
             "/v1/agents/{agent_id}": {"put": {
                 "summary": "Create or update an agent (load is kept)",

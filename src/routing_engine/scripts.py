@@ -19,6 +19,7 @@ class Scripts:
         self.group = r.register_script(lua("group"))
         self.route = r.register_script(lua("route"))
         self.resolve = r.register_script(lua("resolve"))
+        self.resolve_incident = r.register_script(lua("resolve_incident"))
 
 
 def now_ms() -> int:
