@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STATUSES = ("received", "enriched", "grouped", "assigned", "queued", "attached", "resolved", "dead")
+STATUSES = ("received", "escalated", "enriched", "grouped", "assigned", "queued", "attached", "resolved", "dead")
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,14 @@ class Keys:
 
     def fails(self, stage: str) -> str:
         return f"{self.base}:fails:{stage}"
+
+    @property
+    def escalate(self) -> str:
+        return f"{self.base}:escalate"
+
+    @property
+    def breaker(self) -> str:
+        return f"{self.base}:breaker:fallback"
 
     @property
     def model(self) -> str:

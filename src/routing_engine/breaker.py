@@ -1,0 +1,50 @@
+"""Circuit breaker for the transformer fallback; its state machine runs in Redis (streams/breaker.lua)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from .contracts import lua
+from .scripts import now_ms
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    budget_ms: float = 500.0  # the seed's rule: a fallback batch slower than this is a failure
+    failure_threshold: int = 2  # failures in a row that open it
+    cooldown_ms: int = 5_000  # open this long before a half-open probe
+    backlog_ms: int = 1_000  # an escalation that waited longer opens it at once
+    probe_max: int = 1  # batches allowed through while half-open
+
+
+class Breaker:
+    """Every worker holding a Breaker on the same key shares one state."""
+
+    def __init__(self, r: aioredis.Redis, key: str, events_key: str, policy: BreakerPolicy | None = None):
+        self.r = r
+        self.key = key
+        self.events_key = events_key
+        self.policy = policy or BreakerPolicy()
+        self._script = r.register_script(lua("breaker"))
+
+    async def _call(self, op: str, ok: bool = True, latency_ms: float = 0.0, backlog_ms: float = 0.0, error: str = ""):
+        p = self.policy
+        return await self._script(keys=[self.key, self.events_key], args=[
+            op, now_ms(), p.budget_ms, p.failure_threshold, p.cooldown_ms, p.backlog_ms, p.probe_max,
+            int(ok), round(latency_ms, 1), round(backlog_ms, 1), error[:200]])
+
+    async def allow(self) -> tuple[bool, str]:
+        """May this batch escalate? In half-open, only probe_max batches are let through."""
+        allowed, state = await self._call("allow")
+        return bool(allowed), state.decode()
+
+    async def record(self, ok: bool, latency_ms: float, backlog_ms: float = 0.0, error: str = "") -> str:
+        (state,) = await self._call("record", ok, latency_ms, backlog_ms, error)
+        return state.decode()
+
+    async def state(self) -> dict:
+        h = {k.decode(): v.decode() for k, v in (await self.r.hgetall(self.key)).items()}
+        h.setdefault("state", "closed")
+        return h

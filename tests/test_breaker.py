@@ -1,0 +1,74 @@
+"""The fallback's circuit breaker: opens on latency, errors and backlog; half-opens; closes; shared by workers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from routing_engine.breaker import Breaker, BreakerPolicy
+from routing_engine.keys import Keys
+
+POLICY = BreakerPolicy(budget_ms=500, failure_threshold=2, cooldown_ms=300, backlog_ms=1000, probe_max=1)
+
+
+async def _events(r, k):
+    return [(f[b"state"].decode(), f[b"reason"].decode()) for _, f in await r.xrange(k.events)
+            if f[b"type"] == b"breaker.state"]
+
+
+async def test_latency_over_budget_opens_then_half_open_probe_closes(r, prefix):
+    k = Keys(prefix)
+    b = Breaker(r, k.breaker, k.events, POLICY)
+    assert await b.allow() == (True, "closed")
+    assert await b.record(True, latency_ms=900) == "closed"  # one slow batch is not enough
+    assert await b.record(True, latency_ms=100) == "closed"  # and a good one resets the count
+    await b.record(True, latency_ms=900)
+    assert await b.record(True, latency_ms=800) == "open"
+    assert await b.allow() == (False, "open")
+    await asyncio.sleep(0.35)  # cooldown
+    assert await b.allow() == (True, "half_open")  # the probe
+    assert await b.allow() == (False, "half_open")  # only one probe at a time
+    assert await b.record(True, latency_ms=120) == "closed"
+    assert await b.allow() == (True, "closed")
+    states = [s for s, _ in await _events(r, k)]
+    assert states == ["open", "half_open", "closed"]
+    assert "latency 800ms over budget 500ms" in (await _events(r, k))[0][1]
+
+
+async def test_errors_open_and_failed_probe_reopens(r, prefix):
+    k = Keys(prefix)
+    b = Breaker(r, k.breaker, k.events, POLICY)
+    await b.record(False, 10, error="RuntimeError: model crashed")
+    assert await b.record(False, 10, error="RuntimeError: model crashed") == "open"
+    await asyncio.sleep(0.35)
+    assert (await b.allow())[1] == "half_open"
+    assert await b.record(False, 10, error="still broken") == "open"
+    assert [s for s, _ in await _events(r, k)] == ["open", "half_open", "open"]
+    assert "probe failed: error: still broken" in (await _events(r, k))[-1][1]
+
+
+async def test_backlog_opens_at_once(r, prefix):
+    k = Keys(prefix)
+    b = Breaker(r, k.breaker, k.events, POLICY)
+    assert await b.record(True, latency_ms=50, backlog_ms=1500) == "open"
+    assert "backlog" in (await _events(r, k))[0][1]
+
+
+async def test_two_workers_share_one_state_without_races(redis_url, prefix):
+    """Two clients (as two workers would) hammer the same breaker: one transition each way, same view."""
+    k = Keys(prefix)
+    r1, r2 = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    try:
+        b1, b2 = Breaker(r1, k.breaker, k.events, POLICY), Breaker(r2, k.breaker, k.events, POLICY)
+        await asyncio.gather(*(b.record(True, latency_ms=900) for b in (b1, b2) for _ in range(20)))
+        assert (await b1.state())["state"] == (await b2.state())["state"] == "open"
+        await asyncio.sleep(0.35)
+        grants = await asyncio.gather(*(b.allow() for b in (b1, b2) for _ in range(10)))
+        assert sum(ok for ok, _ in grants) == 1  # exactly one probe across both workers
+        await b2.record(True, latency_ms=100)
+        assert (await b1.state())["state"] == "closed"
+        assert [s for s, _ in await _events(r1, k)] == ["open", "half_open", "closed"]
+    finally:
+        await r1.aclose()
+        await r2.aclose()
