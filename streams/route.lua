@@ -29,7 +29,8 @@ local function pick(team)
 end
 
 local status, assignee, reason = nil, '', ''
-local incident = redis.call('HGET', KEYS[6], 'incident') == '1'
+-- a resolved incident takes no new children: a recurrence is routed like any ticket
+local incident = redis.call('HGET', KEYS[6], 'incident') == '1' and redis.call('HGET', KEYS[6], 'status') ~= 'resolved'
 if incident then
   local a = redis.call('HGET', KEYS[6], 'assignee')
   if a then
