@@ -82,7 +82,7 @@ async def r(redis_url):
 class InProcessPipeline:
     """The API (aiohttp test server) and every stage, in this process: fast to start, same code paths."""
 
-    def __init__(self, settings, r, stages=("enrich", "dedup", "route", "alerts")):
+    def __init__(self, settings, r, stages=("enrich", "fallback", "dedup", "route", "alerts")):
         self.s, self.r, self.stages = settings, r, list(stages)
 
     async def __aenter__(self):

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from . import agents as agents_mod
 from . import dashboard, events
-from . import store
+from . import store, urgency
 from .config import Settings
 from .errors import BadRequest, Conflict, InvalidTicket, NotFound, PayloadTooLarge, RoutingError, UnsupportedMediaType
 from .ingest import Ticket, validate
@@ -96,11 +96,17 @@ async def _read_json(request: web.Request):
         raise BadRequest(f"invalid JSON: {exc}", field="(body)") from None
 
 
+def _lane(s: Settings, k: Keys, ticket: Ticket) -> str:
+    """Priority lane: text that already reads urgent (S from the text alone) skips the ingest queue."""
+    pre, _ = urgency.score(ticket.subject, ticket.body, "", 0.0)
+    return k.ingest_urgent if pre > s.urgent_threshold else k.ingest
+
+
 def _ingest_call(app: web.Application, obj, ticket: Ticket, client=None):
     s, k = app[SETTINGS], app[KEYS]
     # the stream carries the client's object as sent; the enrich stage validates it again (same schema)
     return app[SCRIPTS].ingest(
-        keys=[k.ticket(ticket.ticket_id), k.ingest, k.idx_all, k.idx_status("received"), k.events],
+        keys=[k.ticket(ticket.ticket_id), _lane(s, k, ticket), k.idx_all, k.idx_status("received"), k.events],
         args=[ticket.ticket_id, orjson.dumps(obj), now_ms(), s.stream_maxlen, s.ticket_ttl_s],
         client=client,
     )

@@ -1,4 +1,10 @@
-"""Intent classifier: LightGBM over sentence embeddings, saved as versioned artifact folders."""
+"""Intent classifier (the cascade's fast path): LightGBM over sentence embeddings, calibrated, saved as versioned folders.
+
+The booster's log-probabilities are pooled with those of a logistic regression on the same embeddings (weight
+chosen on the holdout; on BANKING77 this lifted LightGBM from 0.883 to ~0.90 for 4 s more training, where
+stacking the regression's out-of-fold probabilities as features reached only 0.891 and cost minutes); one
+temperature fitted on the holdout then makes the confidences calibrated.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,11 @@ from .teams import DEFAULT_TEAMS_PATH, Teams, load_teams
 BANKING77_REL = Path("shared") / "datasets" / "banking77" / "train.csv"
 EMBED_BATCH = 256
 REFIT_BELOW_ROWS = 2000
+LINEAR_C = 20.0
+LINEAR_WEIGHTS = (0.0, 0.25, 0.5, 0.6, 0.75, 0.9)
+OOD_BANK_ROWS = 20_000  # training embeddings kept (float16) for the nearest-neighbour out-of-distribution score
+OOD_K = 5
+MIN_CALIBRATION_ROWS = 100
 
 # Tuned on BANKING77 train (10k rows, 77 classes, 384-d MiniLM) on 2 cores: shallow trees,
 # column subsampling and coarse bins keep each round cheap; early stopping picks the length.
@@ -63,6 +74,8 @@ class Classifier:
         teams: Teams | None = None,
         metrics: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
+        linear: tuple[np.ndarray, np.ndarray] | None = None,
+        ood_bank: np.ndarray | None = None,
     ):
         self.booster = booster
         self.labels = list(labels)
@@ -71,15 +84,51 @@ class Classifier:
         self.teams = teams or load_teams()
         self.metrics = dict(metrics or {})
         self.meta = dict(meta or {})
+        self.linear = linear            # (W [dim, classes], b [classes]) of the pooled logistic regression
+        self.ood_bank = ood_bank        # L2-normalised training embeddings (float16), for ood_similarity
 
-    def predict_proba(self, emb: np.ndarray) -> np.ndarray:
+    @property
+    def temperature(self) -> float:
+        return float(self.meta.get("temperature") or 1.0)
+
+    @property
+    def policy(self):
+        """Escalate/abstain/OOD thresholds chosen on held-out data at training time (defaults if absent)."""
+        from .cascade import Policy
+
+        return Policy.from_dict(self.meta.get("policy"))
+
+    @policy.setter
+    def policy(self, value) -> None:
+        self.meta["policy"] = value.to_dict()
+
+    def logits(self, emb: np.ndarray) -> np.ndarray:
+        """Uncalibrated log-scores: LightGBM's, pooled with the logistic regression's when there is one."""
+        raw = self.booster.predict(emb, num_iteration=self.meta.get("best_iteration") or None, raw_score=True)
+        raw = np.asarray(raw, dtype=np.float64).reshape(len(emb), len(self.labels))
+        w = float(self.meta.get("linear_weight") or 0.0)
+        if w <= 0:
+            return raw
+        if self.linear is None:
+            raise RuntimeError(f"model {self.version} pools a logistic regression but its arrays.npz is missing")
+        return _pool(raw, emb @ self.linear[0] + self.linear[1], w)
+
+    def predict_proba(self, emb: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
         emb = np.asarray(emb, dtype=np.float32)
         if emb.ndim == 1:
             emb = emb[None, :]
         if len(emb) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float64)
-        proba = self.booster.predict(emb, num_iteration=self.meta.get("best_iteration") or None)
-        return np.asarray(proba).reshape(len(emb), len(self.labels))
+        return _softmax(self.logits(emb) / (self.temperature if calibrated else 1.0))
+
+    def ood_similarity(self, emb: np.ndarray) -> np.ndarray:
+        """Per row: mean cosine to its k nearest training embeddings; higher = more like the training data."""
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.ndim == 1:
+            emb = emb[None, :]
+        if self.ood_bank is None or len(emb) == 0:
+            return np.ones(len(emb), dtype=np.float64)
+        return _knn_similarity(emb, self.ood_bank, int(self.meta.get("ood_k", OOD_K)))
 
     def predict(self, emb: np.ndarray) -> list[Prediction]:
         proba = self.predict_proba(emb)
@@ -101,6 +150,13 @@ class Classifier:
         tmp.mkdir()
         try:
             self.booster.save_model(str(tmp / "model.txt"))
+            arrays = {}
+            if self.linear is not None:
+                arrays.update(linear_w=self.linear[0], linear_b=self.linear[1])
+            if self.ood_bank is not None:
+                arrays["ood_bank"] = self.ood_bank
+            if arrays:
+                np.savez(tmp / "arrays.npz", **arrays)
             meta = {
                 **self.meta,
                 "version": self.version,
@@ -125,6 +181,12 @@ class Classifier:
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
         booster = lgb.Booster(model_file=str(path / "model.txt"))
+        linear = bank = None
+        if (path / "arrays.npz").is_file():
+            with np.load(path / "arrays.npz") as z:
+                if "linear_w" in z:
+                    linear = (z["linear_w"], z["linear_b"])
+                bank = z["ood_bank"] if "ood_bank" in z else None
         if teams is None:
             team_path = meta.get("team_map_path")
             teams = load_teams(team_path if team_path and Path(team_path).exists() else None)
@@ -136,7 +198,67 @@ class Classifier:
             teams=teams,
             metrics=meta.get("metrics", {}),
             meta=meta,
+            linear=linear,
+            ood_bank=bank,
         )
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _pool(booster_raw: np.ndarray, linear_logits: np.ndarray, w: float) -> np.ndarray:
+    """Log-linear pooling of the two models' class distributions."""
+    return (1.0 - w) * _log_softmax(booster_raw) + w * _log_softmax(np.asarray(linear_logits, dtype=np.float64))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _knn_similarity(emb: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
+    out = np.empty(len(emb), dtype=np.float64)
+    bank32 = bank.astype(np.float32, copy=False)
+    k = max(1, min(k, len(bank32)))
+    for i in range(0, len(emb), 512):  # bounded memory: 512 x bank rows at a time
+        sims = emb[i : i + 512] @ bank32.T
+        top = np.partition(sims, -k, axis=1)[:, -k:]
+        out[i : i + 512] = top.mean(axis=1)
+    return out
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The one temperature that minimises held-out log loss (Guo et al. 2017); argmax is unchanged."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y)
+    if len(y) == 0:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(-(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1))).mean())
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def fit_linear(X: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression; returns (W, b) over all n_classes (absent classes get -inf-ish bias)."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=LINEAR_C, max_iter=300, tol=1e-3, random_state=seed)
+    lr.fit(X, y)
+    W = np.zeros((X.shape[1], n_classes), dtype=np.float32)
+    b = np.full(n_classes, -30.0, dtype=np.float32)
+    W[:, lr.classes_] = lr.coef_.T.astype(np.float32)
+    b[lr.classes_] = lr.intercept_.astype(np.float32)
+    return W, b
 
 
 def new_version() -> str:
@@ -202,6 +324,9 @@ def _adaptive_params(n_train: int, n_classes: int, params: dict[str, Any]) -> di
         p["bagging_freq"] = 0
     if n_train < 500:
         p["num_boost_round"] = min(p.get("num_boost_round", 300), 100)
+    if n_train < 5000:
+        # OpenMP threads spin-wait: on small data with busy cores one thread was 5x faster than two.
+        p.setdefault("num_threads", 1)
     return p
 
 
@@ -216,12 +341,18 @@ def train_on_embeddings(
     holdout: float = 0.1,
     seed: int = 0,
     source: str | Path | None = None,
+    linear: bool = True,
+    target_precision: float = 0.9,
+    escalation_budget: float = 0.25,
 ) -> Classifier:
     import lightgbm as lgb
+
+    from .cascade import Policy, policy_for_precision
 
     label_names = sorted(set(labels))
     if len(label_names) < 2:
         raise ValueError("need at least two distinct labels to train a classifier")
+    n_classes = len(label_names)
     index = {lab: i for i, lab in enumerate(label_names)}
     y = np.array([index[lab] for lab in labels], dtype=np.int32)
     X = np.asarray(X, dtype=np.float32)
@@ -229,11 +360,12 @@ def train_on_embeddings(
 
     split = _split(y, holdout, seed)
     tr, ho = split if split else (np.arange(len(y)), None)
-    p = _adaptive_params(len(tr), len(label_names), {**DEFAULT_PARAMS, **(params or {})})
+    p = _adaptive_params(len(tr), n_classes, {**DEFAULT_PARAMS, **(params or {})})
     rounds = int(p.pop("num_boost_round"))
     patience = int(p.pop("early_stopping_rounds"))
-    p.update(num_class=len(label_names), seed=seed, deterministic=True, force_col_wise=True)
+    p.update(num_class=n_classes, seed=seed, deterministic=True, force_col_wise=True)
 
+    t0 = time.perf_counter()
     dtrain = lgb.Dataset(X[tr], label=y[tr], free_raw_data=True)
     valid_sets, callbacks = [], []
     if ho is not None:
@@ -241,13 +373,14 @@ def train_on_embeddings(
         callbacks.append(lgb.early_stopping(patience, verbose=False))
     cb, bar = _tqdm_callback(rounds, progress)
     callbacks.append(cb)
-
-    t0 = time.perf_counter()
     try:
         booster = lgb.train(p, dtrain, num_boost_round=rounds, valid_sets=valid_sets, callbacks=callbacks)
     finally:
         bar.close()
     best = int(booster.best_iteration or booster.current_iteration())
+    t1 = time.perf_counter()
+    lin = fit_linear(X[tr], y[tr], n_classes, seed) if linear else None
+    linear_s = time.perf_counter() - t1
     final = booster
     refit = ho is not None and len(y) < REFIT_BELOW_ROWS
     if refit:
@@ -258,20 +391,52 @@ def train_on_embeddings(
     metrics: dict[str, Any] = {
         "n_train": int(len(tr)),
         "n_holdout": 0 if ho is None else int(len(ho)),
-        "n_classes": len(label_names),
+        "n_classes": n_classes,
         "best_iteration": best,
         "fit_seconds": round(fit_s, 2),
+        "linear_seconds": round(linear_s, 2),
         "refit_on_all_rows": refit,
     }
+    bank_rows = np.arange(len(y))
+    linear_weight = 0.5 if lin is not None else 0.0
+    temperature, policy = 1.0, Policy(target_precision=float(target_precision))
     if ho is not None:
-        proba = booster.predict(X[ho], num_iteration=best).reshape(len(ho), len(label_names))
+        raw = np.asarray(booster.predict(X[ho], num_iteration=best, raw_score=True)).reshape(len(ho), n_classes)
+        # A temperature (or a weight, or a threshold) fitted on a handful of rows is noise: defaults below that.
+        trusted = len(ho) >= MIN_CALIBRATION_ROWS
+        metrics["holdout_accuracy_lightgbm"] = round(float((raw.argmax(1) == y[ho]).mean()), 4)
+        if lin is not None:
+            lin_logits = X[ho] @ lin[0] + lin[1]
+            metrics["holdout_accuracy_linear"] = round(float((lin_logits.argmax(1) == y[ho]).mean()), 4)
+            scores = {w: float((_pool(raw, lin_logits, w).argmax(1) == y[ho]).mean()) for w in LINEAR_WEIGHTS}
+            linear_weight = max(LINEAR_WEIGHTS, key=lambda w: (scores[w], -abs(w - 0.5))) if trusted else 0.5
+            raw = _pool(raw, lin_logits, linear_weight)
+        temperature = fit_temperature(raw, y[ho]) if trusted else 1.0
+        proba_raw, proba = _softmax(raw), _softmax(raw / temperature)
         pred = proba.argmax(1)
-        metrics["holdout_accuracy"] = round(float((pred == y[ho]).mean()), 4)
+        correct = pred == y[ho]
+        metrics["holdout_accuracy"] = round(float(correct.mean()), 4)
         team_pred = [teams.team_of(label_names[i]) for i in pred]
         team_true = [teams.team_of(label_names[i]) for i in y[ho]]
         metrics["holdout_team_accuracy"] = round(float(np.mean([a == b for a, b in zip(team_pred, team_true)])), 4)
         eps = 1e-12
+        metrics["holdout_logloss_uncalibrated"] = round(float(-np.log(proba_raw[np.arange(len(ho)), y[ho]] + eps).mean()), 4)
         metrics["holdout_logloss"] = round(float(-np.log(proba[np.arange(len(ho)), y[ho]] + eps).mean()), 4)
+        metrics["holdout_ece_uncalibrated"] = round(ece(proba_raw.max(1), correct), 4)
+        metrics["holdout_ece"] = round(ece(proba.max(1), correct), 4)
+        # Similarities of held-out rows to the training rows only: honest, unlike a row compared with itself.
+        sims = _knn_similarity(_unit(X[ho]), _unit(X[tr]).astype(np.float16), OOD_K)
+        if trusted:
+            policy = policy_for_precision(proba.max(1), correct, target_precision,
+                                          escalation_budget=escalation_budget, ood_similarities=sims)
+        if not refit:
+            bank_rows = tr
+    if lin is not None and refit:
+        lin = fit_linear(X, y, n_classes, seed)
+    rng = np.random.default_rng(seed)
+    if len(bank_rows) > OOD_BANK_ROWS:
+        bank_rows = rng.choice(bank_rows, OOD_BANK_ROWS, replace=False)
+    bank = _unit(X[bank_rows]).astype(np.float16)
 
     meta: dict[str, Any] = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
@@ -282,6 +447,11 @@ def train_on_embeddings(
         "best_iteration": best,
         "holdout": holdout,
         "seed": seed,
+        "linear_weight": float(linear_weight) if lin is not None else 0.0,
+        "temperature": temperature,
+        "ood_k": OOD_K,
+        "policy": policy.to_dict(),
+        "escalation_budget": escalation_budget,
     }
     if source is not None:
         meta["training_data"] = str(Path(source).resolve())
@@ -289,8 +459,29 @@ def train_on_embeddings(
             meta["training_data_sha256"] = _sha256(Path(source))
     return Classifier(
         final, label_names, version=new_version(), embedder_name=embedder_name,
-        teams=teams, metrics=metrics, meta=meta,
+        teams=teams, metrics=metrics, meta=meta, linear=lin, ood_bank=bank,
     )
+
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(X, axis=1, keepdims=True)
+    return (X / np.maximum(n, 1e-12)).astype(np.float32)
+
+
+def ece(confidence: Sequence[float], correct: Sequence[bool], bins: int = 15) -> float:
+    """Expected calibration error: |accuracy - confidence| averaged over equal-width confidence bins."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    ok = np.asarray(correct, dtype=np.float64)
+    if len(conf) == 0:
+        return 0.0
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.mean() * abs(ok[m].mean() - conf[m].mean())
+    return float(total)
 
 
 def train(
@@ -304,6 +495,9 @@ def train(
     holdout: float = 0.1,
     seed: int = 0,
     source: str | Path | None = None,
+    linear: bool = True,
+    target_precision: float = 0.9,
+    escalation_budget: float = 0.25,
 ) -> Classifier:
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
@@ -312,7 +506,8 @@ def train(
     embed_s = time.perf_counter() - t0
     clf = train_on_embeddings(
         X, labels, embedder_name=getattr(embedder, "name", "unknown"), teams=teams, params=params,
-        progress=progress, holdout=holdout, seed=seed, source=source,
+        progress=progress, holdout=holdout, seed=seed, source=source, linear=linear,
+        target_precision=target_precision, escalation_budget=escalation_budget,
     )
     clf.metrics["embed_seconds"] = round(embed_s, 2)
     return clf
@@ -383,5 +578,5 @@ def default_training_data() -> Path | None:
 
 __all__ = [
     "Classifier", "Prediction", "DEFAULT_PARAMS", "DEFAULT_TEAMS_PATH", "train", "train_on_embeddings",
-    "embed_texts", "latest_model", "load_latest", "read_labelled", "default_training_data", "new_version",
+    "embed_texts", "latest_model", "fit_temperature", "ece", "load_latest", "read_labelled", "default_training_data", "new_version",
 ]

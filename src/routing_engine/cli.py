@@ -1,4 +1,4 @@
-"""`routing-engine` command line: up, api, worker, train."""
+"""`routing-engine` command line: up, api, worker, train, eval."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import Settings
 
-STAGES = ("enrich", "dedup", "route", "alerts")
+STAGES = ("enrich", "fallback", "dedup", "route", "alerts")
 
 EPILOG = "Environment variables (all optional):\n" + Settings.describe()
 
@@ -47,20 +47,45 @@ def _parser() -> argparse.ArgumentParser:
             "Run pipeline stages. Start several (processes or hosts) to share the load: each stage is a "
             "consumer group, so every entry goes to one worker, and a dead worker's entries are reclaimed "
             "by the others after ROUTING_CLAIM_IDLE_MS. Requires REDIS_URL.")
-    w.add_argument("--stages", default="enrich,dedup,route,alerts",
+    w.add_argument("--stages", default="enrich,fallback,dedup,route,alerts",
                    help="comma list from: " + ", ".join(STAGES) + " (alerts runs only if ROUTING_ALERT_URL is set)")
     w.add_argument("--name", help="consumer name (default host-pid); reuse it after a restart to resume its pending entries")
     w.add_argument("--metrics-port", type=int, default=0, help="serve this worker's Prometheus metrics on this port")
 
-    t = add("train", "train the classifier and write a versioned model artifact",
-            "Embed labelled texts with all-MiniLM-L6-v2 and train the LightGBM classifier on them. The "
-            "artifact goes to <models dir>/<version>/; running workers pick it up within seconds.")
-    t.add_argument("--data", help="CSV or JSONL of labelled tickets (default: BANKING77 train from ../shared/datasets)")
-    t.add_argument("--text-col", default="text", help="column with the ticket text (default: text)")
-    t.add_argument("--label-col", default="category", help="column with the label (default: category)")
+    t = add("train", "train the fast path (LightGBM) and the transformer fallback; write versioned artifacts",
+            "Embed labelled texts with all-MiniLM-L6-v2 and train the LightGBM fast path on them (pooled with a "
+            "logistic regression, temperature-calibrated), then fine-tune MiniLM end to end as the fallback for "
+            "tickets the fast path is unsure of (CPU, minutes; --no-fallback skips it). Escalate/abstain thresholds "
+            "are chosen on a 10% holdout for the target precision. Artifacts go to <models dir>/<version>/ and "
+            "<models dir>/fallback/<version>/; running workers pick them up within seconds.")
+    _data_args(t)
     t.add_argument("--models-dir", help="where artifacts go (ROUTING_MODELS_DIR, default state/models)")
     t.add_argument("--limit", type=int, default=0, help="train on the first N rows only (quick trials)")
+    t.add_argument("--no-fallback", action="store_true", help="train only the fast path")
+    t.add_argument("--epochs", type=float, default=2.0, help="fallback fine-tuning epochs, may be fractional (default 2)")
+    t.add_argument("--max-seq-length", type=int, default=64, help="fallback token limit per ticket (default 64)")
+    t.add_argument("--target-precision", type=float, help="precision the kept tickets must reach (default 0.9)")
+    t.add_argument("--escalation-budget", type=float, help="most tickets sent to the fallback, a share (default 0.25)")
+
+    e = add("eval", "evaluate the latest models on labelled data",
+            "Run the cascade (fast path, fallback, abstain) on labelled tickets and print accuracy, macro-F1, the "
+            "escalation and abstain rates, accuracy on kept vs coverage (table + PNG), the 10 worst classes and "
+            "latency per ticket for each path. Never train or tune on the data you evaluate on.")
+    _data_args(e)
+    e.add_argument("--models-dir", help="where artifacts are (ROUTING_MODELS_DIR, default state/models)")
+    e.add_argument("--limit", type=int, default=0, help="evaluate the first N rows only")
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    e.add_argument("--plot", default="", help="coverage plot PNG (default <models dir>/eval-<model>.png)")
+    e.add_argument("--no-fallback", action="store_true", help="ignore the fallback model (fast path + abstain only)")
+    e.add_argument("--escalated-only", action="store_true",
+                   help="run the fallback only on escalated tickets (faster; no 'fallback alone' accuracy)")
     return p
+
+
+def _data_args(sp) -> None:
+    sp.add_argument("--data", help="CSV or JSONL of labelled tickets (default: BANKING77 train from ../shared/datasets)")
+    sp.add_argument("--text-col", default="text", help="column with the ticket text (default: text)")
+    sp.add_argument("--label-col", default="category", help="column with the label (default: category)")
 
 
 def _settings(args) -> Settings:
@@ -70,23 +95,92 @@ def _settings(args) -> Settings:
     )
 
 
-def cmd_train(args, s: Settings) -> int:
-    from .classifier import default_training_data, read_labelled, train
-    from .embedder import shared_embedder
-    from .teams import load_teams
+def _labelled_data(args, s: Settings):
+    from .classifier import default_training_data, read_labelled
 
     data = Path(args.data) if args.data else (Path(s.train_data) if s.train_data else default_training_data())
     if data is None or not data.exists():
-        print("no training data: pass --data FILE (CSV/JSONL) or set ROUTING_TRAIN_DATA", file=sys.stderr)
-        return 2
+        print("no labelled data: pass --data FILE (CSV/JSONL) or set ROUTING_TRAIN_DATA", file=sys.stderr)
+        return None, [], []
     texts, labels = read_labelled(data, args.text_col, args.label_col)
-    if args.limit:
+    if getattr(args, "limit", 0):
         texts, labels = texts[: args.limit], labels[: args.limit]
+    return data, texts, labels
+
+
+def _knob(args, s: Settings, name: str, default: float) -> float:
+    v = getattr(args, name, None)
+    return float(v if v is not None else getattr(s, name, default))
+
+
+def cmd_train(args, s: Settings) -> int:
+    from .classifier import train
+    from .embedder import shared_embedder
+    from .teams import load_teams
+
+    data, texts, labels = _labelled_data(args, s)
+    if data is None:
+        return 2
+    target = _knob(args, s, "target_precision", 0.9)
+    budget = _knob(args, s, "escalation_budget", 0.25)
+    teams = load_teams(s.team_map or None)
     print(f"training on {len(texts)} rows, {len(set(labels))} labels from {data}", file=sys.stderr)
-    clf = train(texts, labels, shared_embedder(), teams=load_teams(s.team_map or None), progress=True,
-                source=str(data))
+    embedder = shared_embedder()
+    clf = train(texts, labels, embedder, teams=teams, progress=True, source=str(data),
+                target_precision=target, escalation_budget=budget)
+    if not getattr(args, "no_fallback", False):
+        from .evaluate import tune_policy
+        from .fallback import train_fallback
+
+        print("fine-tuning the transformer fallback (CPU; --no-fallback skips this)", file=sys.stderr, flush=True)
+        fb = train_fallback(texts, labels, teams=teams, epochs=getattr(args, "epochs", 2.0),
+                            max_seq_length=getattr(args, "max_seq_length", 64), progress=True, source=str(data),
+                            label_names=clf.labels)
+        # Both models left out the same holdout rows (same labels, same seed): tune the joint policy there.
+        tuned = tune_policy(clf, fb, texts, labels, embedder, target_precision=target, escalation_budget=budget)
+        if tuned is not None:
+            clf.policy = tuned
+        clf.meta["fallback_version"] = fb.version
+        # Fallback first: a worker that sees the new fast path can already find its fallback.
+        fb_path = fb.save(s.models_path)
+        print(f"fallback {fb.version} written to {fb_path}  metrics={fb.metrics}")
     path = clf.save(s.models_path)
-    print(f"model {clf.version} written to {path}  metrics={clf.metrics}")
+    print(f"model {clf.version} written to {path}  metrics={clf.metrics}  policy={clf.meta.get('policy')}")
+    return 0
+
+
+def cmd_eval(args, s: Settings) -> int:
+    import json
+
+    from .classifier import Classifier, latest_model
+    from .embedder import shared_embedder
+    from .evaluate import evaluate, format_report, plot_coverage
+    from .fallback import FallbackModel, latest_fallback
+    from .teams import load_teams
+
+    data, texts, labels = _labelled_data(args, s)
+    if data is None:
+        return 2
+    path = latest_model(s.models_path)
+    if path is None:
+        print(f"no model in {s.models_path}: run `routing-engine train` first", file=sys.stderr)
+        return 2
+    teams = load_teams(s.team_map or None)
+    clf = Classifier.load(path, teams=teams)
+    fb = None
+    fb_path = None if args.no_fallback else latest_fallback(s.models_path)
+    if fb_path is not None:
+        fb = FallbackModel.load(fb_path, teams=teams)
+    report = evaluate(texts, labels, clf, shared_embedder(), fb, fallback_on_all=not args.escalated_only,
+                      progress=not args.json)
+    report["data"] = str(data)
+    plot = Path(args.plot) if args.plot else s.models_path / f"eval-{clf.version}.png"
+    report["plot"] = str(plot_coverage(report, plot))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+        print(f"\ncoverage plot: {report['plot']}")
     return 0
 
 
@@ -105,11 +199,13 @@ def build_stages(names: list[str], s: Settings):
     from .alerts import AlertStage
     from .dedup import DedupStage
     from .enrich import EnrichStage
+    from .fallback_stage import FallbackStage
     from .keys import Keys
     from .route import RouteStage
 
     k = Keys(s.prefix)
-    table = {"enrich": EnrichStage, "dedup": DedupStage, "route": RouteStage, "alerts": AlertStage}
+    table = {"enrich": EnrichStage, "fallback": FallbackStage, "dedup": DedupStage, "route": RouteStage,
+             "alerts": AlertStage}
     unknown = [n for n in names if n not in table]
     if unknown:
         raise SystemExit(f"unknown stage(s): {', '.join(unknown)}; choose from {', '.join(STAGES)}")
@@ -176,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(s.log_format, s.log_level)
     if args.cmd == "train":
         return cmd_train(args, s)
+    if args.cmd == "eval":
+        return cmd_eval(args, s)
     if args.cmd in ("api", "worker") and not s.redis_url:
         print(f"{args.cmd} needs REDIS_URL (only `routing-engine up` starts an embedded Redis)", file=sys.stderr)
         return 2

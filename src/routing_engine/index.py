@@ -50,18 +50,14 @@ class WindowIndex:
         b.ids.append(ticket_id)
         self._known.add(ticket_id)
 
-    def search(self, vecs: np.ndarray) -> list[tuple[str | None, float]]:
-        """Best neighbour (id, cosine) per row over the whole window; (None, -1.0) when empty."""
-        n = len(vecs)
-        best_ids: list[str | None] = [None] * n
-        best = np.full(n, -1.0, dtype=np.float32)
+    def search(self, vecs: np.ndarray, k: int = 1) -> list[list[tuple[str, float]]]:
+        """Up to k nearest (id, cosine) per row over the whole window, best first."""
         q = np.ascontiguousarray(vecs, dtype=np.float32)
+        found: list[list[tuple[str, float]]] = [[] for _ in range(len(q))]
         for b in self._buckets:
             if not b.ids:
                 continue
-            scores, idx = b.index.search(q, 1)
-            better = scores[:, 0] > best
-            for i in np.nonzero(better)[0]:
-                best[i] = scores[i, 0]
-                best_ids[i] = b.ids[idx[i, 0]]
-        return list(zip(best_ids, best.tolist()))
+            scores, idx = b.index.search(q, min(k, len(b.ids)))
+            for i in range(len(q)):
+                found[i].extend((b.ids[j], float(sc)) for sc, j in zip(scores[i], idx[i]) if j >= 0)
+        return [sorted(f, key=lambda x: -x[1])[:k] for f in found]

@@ -89,12 +89,13 @@ def validate(obj, max_text_chars: int = 20_000, ticket_id: str | None = None) ->
     )
 
 
-def from_stream_entry(entry_id: str, fields: dict[bytes, bytes], max_text_chars: int = 20_000) -> Ticket:
+def from_stream_entry(entry_id: str, fields: dict[bytes, bytes], max_text_chars: int = 20_000,
+                      id_prefix: str = "s") -> Ticket:
     """Stream door. Accepts `data=<ticket JSON>` (the contract) or flat fields (handy from redis-cli).
 
     An entry without a client id gets one derived from its stream id, so a redelivery maps to the same ticket.
     """
-    derived = "s" + entry_id.replace("-", "_")
+    derived = id_prefix + entry_id.replace("-", "_")
     if b"data" in fields:
         try:
             obj = orjson.loads(fields[b"data"])

@@ -25,6 +25,11 @@ class Keys:
         return f"{self.base}:ingest"
 
     @property
+    def ingest_urgent(self) -> str:
+        """Priority lane: the enrich stage takes what waits here before the ingest stream."""
+        return f"{self.base}:ingest:urgent"
+
+    @property
     def enriched(self) -> str:
         return f"{self.base}:enriched"
 

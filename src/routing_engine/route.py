@@ -37,7 +37,7 @@ class RouteStage(Stage):
 
         def apply(pipe):
             return self.scripts.route(
-                keys=[self.input, self.keys.routed, self.keys.ticket(tid), self.keys.agents, self.keys.queue(team),
+                keys=[entry.stream, self.keys.routed, self.keys.ticket(tid), self.keys.agents, self.keys.queue(team),
                       self.keys.group(gid), self.keys.events],
                 args=[self.name, entry.id, tid, team, data["enrich"]["urgency"], now_ms(), self.settings.stream_maxlen,
                       self.settings.ticket_ttl_s, self.keys.base, orjson.dumps(summary), b"{}"],

@@ -43,6 +43,7 @@ return 1
 class Entry:
     id: str
     fields: dict[bytes, bytes]
+    stream: str = ""  # the input stream it came from (a stage may read several, in priority order)
     value: Any = None  # what the stage's decode() made of the fields
 
 
@@ -61,6 +62,11 @@ class Stage:
 
     name: str = "stage"
     input: str = ""
+
+    @property
+    def inputs(self) -> list[str]:
+        """Input streams, most urgent first; a batch takes what waits on the first before the rest."""
+        return [self.input]
 
     def __init__(self, settings: Settings, keys: Keys):
         self.settings = settings
@@ -99,16 +105,23 @@ class StageRunner:
         self._last_claim = 0.0
 
     async def ensure_group(self) -> None:
-        try:
-            await self.r.xgroup_create(self.stage.input, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in self.stage.inputs:
+            try:
+                await self.r.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def _entries(self, resp) -> list[Entry]:
+        """XREADGROUP reply -> entries, the first input's first (priority order), tombstones dropped."""
+        by_stream = {(name.decode() if isinstance(name, bytes) else name): rows for name, rows in resp or []}
+        return [Entry(eid.decode(), f, stream) for stream in self.stage.inputs
+                for eid, f in by_stream.get(stream, []) if f]
 
     async def run(self) -> None:
         await self.ensure_group()
         await self.stage.setup(self.r)
-        log.info("stage.started", stage=self.stage.name, consumer=self.consumer, stream=self.stage.input)
+        log.info("stage.started", stage=self.stage.name, consumer=self.consumer, streams=self.stage.inputs)
         # Entries delivered to this consumer name before a restart are still pending for it.
         await self._drain_own_pending()
         while not self.stop.is_set():
@@ -116,11 +129,12 @@ class StageRunner:
                 if time.monotonic() - self._last_claim > self.s.claim_every_ms / 1000:
                     await self._reclaim()
                 resp = await self.r.xreadgroup(
-                    self.group, self.consumer, {self.stage.input: ">"},
+                    self.group, self.consumer, {stream: ">" for stream in self.stage.inputs},
                     count=self.s.batch_size, block=self.s.block_ms,
                 )
-                if resp:
-                    await self.handle([Entry(eid.decode(), f) for eid, f in resp[0][1]])
+                entries = self._entries(resp)
+                if entries:
+                    await self.handle(entries)
             except asyncio.CancelledError:
                 raise
             except (ConnectionError, OSError, aioredis.ConnectionError) as exc:
@@ -130,39 +144,40 @@ class StageRunner:
         log.info("stage.stopped", stage=self.stage.name, consumer=self.consumer)
 
     async def _drain_own_pending(self) -> None:
-        while not self.stop.is_set():
-            resp = await self.r.xreadgroup(self.group, self.consumer, {self.stage.input: "0"}, count=self.s.batch_size)
-            entries = [Entry(eid.decode(), f) for eid, f in (resp[0][1] if resp else []) if f]
-            if not entries:
-                return
-            await self.handle(entries)
+        for stream in self.stage.inputs:
+            while not self.stop.is_set():
+                resp = await self.r.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.s.batch_size)
+                entries = self._entries(resp)
+                if not entries:
+                    break
+                await self.handle(entries)
 
     async def _reclaim(self) -> None:
         """Take over entries idle longer than claim_idle_ms (their consumer died) and run them here."""
         self._last_claim = time.monotonic()
-        start = "0-0"
-        while not self.stop.is_set():
-            nxt, claimed, deleted = (await self.r.xautoclaim(
-                self.stage.input, self.group, self.consumer, self.s.claim_idle_ms,
-                start_id=start, count=self.s.batch_size,
-            ))[:3]
-            for eid in deleted or []:
-                # trimmed from the stream while pending: nothing left to run, just ack it
-                await self.r.xack(self.stage.input, self.group, eid)
-            entries = [Entry(eid.decode(), f) for eid, f in claimed if f]
-            if entries:
-                RECLAIMED.labels(self.stage.name).inc(len(entries))
-                log.info("stage.reclaimed", stage=self.stage.name, count=len(entries))
-                await self.handle(await self._over_delivered(entries))
-            if nxt in (b"0-0", "0-0") or not claimed:
-                return
-            start = nxt
+        for stream in self.stage.inputs:
+            start = "0-0"
+            while not self.stop.is_set():
+                nxt, claimed, deleted = (await self.r.xautoclaim(
+                    stream, self.group, self.consumer, self.s.claim_idle_ms, start_id=start, count=self.s.batch_size,
+                ))[:3]
+                for eid in deleted or []:
+                    # trimmed from the stream while pending: nothing left to run, just ack it
+                    await self.r.xack(stream, self.group, eid)
+                entries = [Entry(eid.decode(), f, stream) for eid, f in claimed if f]
+                if entries:
+                    RECLAIMED.labels(self.stage.name).inc(len(entries))
+                    log.info("stage.reclaimed", stage=self.stage.name, count=len(entries), stream=stream)
+                    await self.handle(await self._over_delivered(entries))
+                if nxt in (b"0-0", "0-0") or not claimed:
+                    break
+                start = nxt
 
     async def _over_delivered(self, entries: list[Entry]) -> list[Entry]:
         """An entry delivered too often (it keeps killing workers) is dead-lettered instead of run again."""
         keep = []
         for e in entries:
-            info = await self.r.xpending_range(self.stage.input, self.group, min=e.id, max=e.id, count=1)
+            info = await self.r.xpending_range(e.stream, self.group, min=e.id, max=e.id, count=1)
             if info and info[0]["times_delivered"] > self.s.max_deliveries:
                 await self.dead_letter([Outcome(e, dead_reason=f"delivered {info[0]['times_delivered']} times without success")])
             else:
@@ -233,14 +248,14 @@ class StageRunner:
                 raw = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in o.entry.fields.items() if k != b"emb"}
                 tid = getattr(o.entry.value, "ticket_id", None) or raw.get("ticket_id", "")
                 pipe.xadd(self.k.dead, {
-                    "stage": self.stage.name, "stream": self.stage.input, "entry_id": o.entry.id,
+                    "stage": self.stage.name, "stream": o.entry.stream, "entry_id": o.entry.id,
                     "reason": o.dead_reason, "ticket_id": tid, "fields": orjson.dumps(raw), "at": now,
                 }, maxlen=self.s.stream_maxlen, approximate=True)
                 pipe.xadd(self.k.events, {"type": "ticket.dead", "ticket_id": tid, "reason": o.dead_reason[:300]},
                           maxlen=100_000, approximate=True)
                 if tid:
                     pipe.eval(_MARK_DEAD, 1, self.k.ticket(tid), o.dead_reason, now, self.k.base, tid)
-                pipe.xack(self.stage.input, self.group, o.entry.id)
+                pipe.xack(o.entry.stream, self.group, o.entry.id)
                 pipe.hdel(self.k.fails(self.stage.name), o.entry.id)
             pipe.hincrby(self.k.stats, "dead_letters", len(outcomes))
             await pipe.execute()

@@ -103,7 +103,7 @@ async def get_incident(r: aioredis.Redis, k: Keys, gid: str) -> dict | None:
     return inc
 
 
-PIPELINE = (("ingest", "enrich"), ("escalate", "fallback"), ("enriched", "dedup"), ("deduped", "route"), ("alerts", "alerts"))
+PIPELINE = (("ingest_urgent", "enrich"), ("ingest", "enrich"), ("escalate", "fallback"), ("enriched", "dedup"), ("deduped", "route"), ("alerts", "alerts"))
 
 
 async def pipeline_state(r: aioredis.Redis, k: Keys) -> dict:
