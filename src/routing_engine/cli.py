@@ -190,7 +190,9 @@ def ensure_model(s: Settings) -> None:
     if latest_model(s.models_path) is None:
         print(f"no model in {s.models_path}: training the default one first (one-time, about 1-2 minutes)",
               file=sys.stderr, flush=True)
-        rc = cmd_train(argparse.Namespace(data=None, text_col="text", label_col="category", limit=0), s)
+        # the fast path only: fine-tuning the fallback takes many minutes; `routing-engine train` adds it
+        rc = cmd_train(argparse.Namespace(data=None, text_col="text", label_col="category", limit=0,
+                                          no_fallback=True), s)
         if rc:
             raise SystemExit(rc)
 

@@ -50,6 +50,8 @@ class Settings:
     breaker_failures: int = field(default=2, metadata={"env": "ROUTING_BREAKER_FAILURES", "help": "failures in a row that open the breaker"})
     breaker_cooldown_ms: int = field(default=5000, metadata={"env": "ROUTING_BREAKER_COOLDOWN_MS", "help": "open this long before a half-open probe"})
     breaker_backlog_ms: int = field(default=1000, metadata={"env": "ROUTING_BREAKER_BACKLOG_MS", "help": "an escalation waiting longer opens the breaker"})
+    target_precision: float = field(default=0.9, metadata={"env": "ROUTING_TARGET_PRECISION", "help": "train: precision the kept (not abstained) tickets must reach"})
+    escalation_budget: float = field(default=0.25, metadata={"env": "ROUTING_ESCALATION_BUDGET", "help": "train: largest share of tickets sent to the fallback"})
     model_reload_s: float = field(default=5.0, metadata={"env": "ROUTING_MODEL_RELOAD_S", "help": "how often workers look for a newer model"})
     escalation: bool = field(default=True, metadata={"env": "ROUTING_ESCALATION", "help": "send unsure tickets to the transformer fallback (if trained)"})
     api_token: str = field(default="", metadata={"env": "ROUTING_API_TOKEN", "help": "when set, the API requires it (Bearer or cookie)"})
