@@ -3,7 +3,7 @@
 -- Commits the record, the routed-stream entry and the XACK in the same step (effectively once).
 -- KEYS: 1 input stream, 2 routed stream, 3 record, 4 agents set, 5 team queue, 6 group hash, 7 events stream
 -- ARGV: 1 group, 2 entry id, 3 ticket_id, 4 team, 5 urgency, 6 now_ms, 7 maxlen, 8 ttl_s, 9 key prefix,
---       10 output JSON (ticket summary), 11 stage timing JSON
+--       10 output JSON (ticket summary)
 -- Returns {status, assignee ('' if none), fresh (1 = routed now, 0 = already routed before)}
 local rec = KEYS[3]
 local P = ARGV[9]
@@ -65,7 +65,7 @@ redis.call('ZADD', P .. ':idx:status:' .. status, ARGV[6], ARGV[3])
 redis.call('HSET', rec, 'done:route', ARGV[2], 'status', status, 'assignee', assignee, 'team', ARGV[4],
   'route', cjson.encode({status = status, assignee = assignee, team = ARGV[4], reason = reason,
     queue = (status == 'queued') and ARGV[4] or cjson.null}),
-  't_route', ARGV[6], 'timing_route', ARGV[11])
+  't_route', ARGV[6])
 redis.call('EXPIRE', rec, ARGV[8])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'ticket_id', ARGV[3], 'status', status,
   'assignee', assignee, 'team', ARGV[4], 'data', ARGV[10])

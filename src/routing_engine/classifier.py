@@ -521,13 +521,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def latest_model(models_dir: str | Path) -> Path | None:
-    models_dir = Path(models_dir)
-    if not models_dir.is_dir():
+def newest_artifact(root: str | Path, required: str) -> Path | None:
+    """Newest complete version folder under root (by meta.json's created_at): hidden temp folders and
+    half-written ones (no meta.json or no `required` file) are never picked."""
+    root = Path(root)
+    if not root.is_dir():
         return None
     found = []
-    for d in models_dir.iterdir():
-        if d.name.startswith(".") or not (d / "meta.json").is_file() or not (d / "model.txt").is_file():
+    for d in root.iterdir():
+        if d.name.startswith(".") or not (d / "meta.json").is_file() or not (d / required).is_file():
             continue
         try:
             created = json.loads((d / "meta.json").read_text()).get("created_at", "")
@@ -535,6 +537,10 @@ def latest_model(models_dir: str | Path) -> Path | None:
             continue
         found.append((str(created), d.name, d))
     return max(found)[2] if found else None
+
+
+def latest_model(models_dir: str | Path) -> Path | None:
+    return newest_artifact(models_dir, "model.txt")
 
 
 def load_latest(models_dir: str | Path, teams: Teams | None = None) -> Classifier | None:

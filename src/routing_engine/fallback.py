@@ -18,7 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .classifier import MIN_CALIBRATION_ROWS, Prediction, _sha256, _softmax, _split, ece, fit_temperature
+from .classifier import (MIN_CALIBRATION_ROWS, Prediction, _sha256, _softmax, _split, ece, fit_temperature,
+                         newest_artifact)
 from .teams import Teams, load_teams
 
 FALLBACK_DIRNAME = "fallback"
@@ -145,19 +146,7 @@ class FallbackModel:
 
 def latest_fallback(models_dir: str | Path) -> Path | None:
     """Newest complete <models_dir>/fallback/<version>/ (by created_at), or None."""
-    root = Path(models_dir) / FALLBACK_DIRNAME
-    if not root.is_dir():
-        return None
-    found = []
-    for d in root.iterdir():
-        if d.name.startswith(".") or not (d / "meta.json").is_file() or not (d / "head.pt").is_file():
-            continue
-        try:
-            created = json.loads((d / "meta.json").read_text()).get("created_at", "")
-        except (OSError, ValueError):
-            continue
-        found.append((str(created), d.name, d))
-    return max(found)[2] if found else None
+    return newest_artifact(Path(models_dir) / FALLBACK_DIRNAME, "head.pt")
 
 
 def load_latest_fallback(models_dir: str | Path, teams: Teams | None = None) -> FallbackModel | None:

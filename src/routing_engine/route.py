@@ -40,7 +40,7 @@ class RouteStage(Stage):
                 keys=[entry.stream, self.keys.routed, self.keys.ticket(tid), self.keys.agents, self.keys.queue(team),
                       self.keys.group(gid), self.keys.events],
                 args=[self.name, entry.id, tid, team, data["enrich"]["urgency"], now_ms(), self.settings.stream_maxlen,
-                      self.settings.ticket_ttl_s, self.keys.base, orjson.dumps(summary), b"{}"],
+                      self.settings.ticket_ttl_s, self.keys.base, orjson.dumps(summary)],
                 client=pipe,
             )
         return apply

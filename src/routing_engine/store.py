@@ -18,7 +18,7 @@ def render_ticket(h: dict[bytes, bytes]) -> dict:
     for f in _JSON_FIELDS:
         if f in d:
             out[f] = orjson.loads(d.pop(f))
-    d = {k: v.decode() for k, v in d.items() if not k.startswith("done:") and k != "timing_route"}
+    d = {k: v.decode() for k, v in d.items() if not k.startswith("done:")}
     ticket = out.pop("ticket", {}) or {}
     rec = {
         "ticket_id": d.get("ticket_id") or ticket.get("ticket_id"),
