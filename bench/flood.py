@@ -533,6 +533,9 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
             windows[sid] = [round((min(rs) - t0) / 1000, 2), round((max(rs) - t0) / 1000, 2)]
     for s in samples:
         s["t"] = round((s["ms"] - t0) / 1000, 2) if t0 else 0
+    for b in got["breaker"]:  # seconds since the first ticket, on the same clock as storm_windows
+        if b.get("at") and t0:
+            b["t"] = round((int(b["at"]) - t0) / 1000, 2)
     # tickets that arrived while a storm was arriving (any kind): the latency that matters under load
     in_storm = [x for x in recs if any(w[0] <= (x["received_at"] - t0) / 1000 <= w[1] for w in windows.values())]
     storm_lat = [x["latency"] for x in in_storm]

@@ -20,7 +20,8 @@ local function transition(to, reason)
   if to == 'closed' then redis.call('HSET', B, 'failures', 0, 'probes', 0) end
   redis.call('HINCRBY', B, 'transitions', 1)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'type', 'breaker.state', 'state', to, 'from', state,
-    'reason', reason, 'latency_ms', redis.call('HGET', B, 'last_latency_ms') or '0', 'budget_ms', ARGV[3])
+    'reason', reason, 'latency_ms', redis.call('HGET', B, 'last_latency_ms') or '0', 'budget_ms', ARGV[3],
+    'at', now)
   state = to
 end
 
