@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 
 import orjson
-import pytest
 
 from conftest import InProcessPipeline, Worker, wait_for
 

@@ -8,6 +8,8 @@ temperature fitted on the holdout then makes the confidences calibrated.
 
 from __future__ import annotations
 
+import contextlib
+
 import csv
 import hashlib
 import json
@@ -142,13 +144,9 @@ class Classifier:
         return out
 
     def save(self, models_dir: str | Path) -> Path:
-        models_dir = Path(models_dir)
-        models_dir.mkdir(parents=True, exist_ok=True)
-        final = models_dir / self.version
-        # Write into a hidden temp dir and rename, so a watcher never loads a half-written model.
-        tmp = models_dir / f".tmp-{self.version}-{secrets.token_hex(3)}"
-        tmp.mkdir()
-        try:
+        final = Path(models_dir) / self.version
+        # a watcher never loads a half-written model: the folder appears whole, in one rename
+        with publish_dir(final) as tmp:
             self.booster.save_model(str(tmp / "model.txt"))
             arrays = {}
             if self.linear is not None:
@@ -166,12 +164,6 @@ class Classifier:
                 "team_map_path": str(self.teams.path) if self.teams.path else None,
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return final
 
     @classmethod
@@ -519,6 +511,23 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def publish_dir(final: Path):
+    """Yield a hidden temp folder beside `final`; when the block succeeds it replaces `final` in one rename
+    (so no reader sees half an artifact); when it fails the temp folder is removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{secrets.token_hex(3)}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def newest_artifact(root: str | Path, required: str) -> Path | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import secrets
-import shutil
 import threading
 import time
 from datetime import datetime, timezone
@@ -19,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .classifier import (MIN_CALIBRATION_ROWS, Prediction, _sha256, _softmax, _split, ece, fit_temperature,
-                         newest_artifact)
+                         newest_artifact, publish_dir)
 from .teams import Teams, load_teams
 
 FALLBACK_DIRNAME = "fallback"
@@ -105,12 +104,8 @@ class FallbackModel:
     def save(self, models_dir: str | Path) -> Path:
         """Writes <models_dir>/fallback/<version>/ atomically (temp folder + rename)."""
         torch = _torch()
-        root = Path(models_dir) / FALLBACK_DIRNAME
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / self.version
-        tmp = root / f".tmp-{self.version}-{secrets.token_hex(3)}"
-        tmp.mkdir()
-        try:
+        final = Path(models_dir) / FALLBACK_DIRNAME / self.version
+        with publish_dir(final) as tmp:
             self.net.encoder.save_pretrained(str(tmp / "encoder"))
             self.tokenizer.save_pretrained(str(tmp / "encoder"))
             torch.save({k: v.detach().cpu() for k, v in self.net.head.state_dict().items()}, tmp / "head.pt")
@@ -118,12 +113,6 @@ class FallbackModel:
                     "max_seq_length": self.max_seq_length, "metrics": self.metrics,
                     "team_map_path": str(self.teams.path) if self.teams.path else None}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return final
 
     @classmethod

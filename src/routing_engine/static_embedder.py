@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import secrets
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .classifier import publish_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,16 +40,8 @@ def distill_static(base_path: str | Path | None = None, out_dir: str | Path = ST
     static.base_model_name = "all-MiniLM-L6-v2"
 
     # Save beside the target and rename, so a concurrent loader never sees a half-written model.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".tmp-{out_dir.name}-{secrets.token_hex(3)}"
-    try:
+    with publish_dir(out_dir) as tmp:
         static.save_pretrained(str(tmp))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
