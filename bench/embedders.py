@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from routing_engine.classifier import train_on_embeddings  # noqa: E402
 from routing_engine.config import Settings  # noqa: E402
 from routing_engine.embedder import make_embedder  # noqa: E402
+from measure_tau import pair_table  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 DATA = ROOT.parent / "shared" / "datasets" / "banking77" / "train.csv"
 OUT = ROOT / "bench" / "out" / "embedders.json"
@@ -80,21 +81,6 @@ def pair_sample(labels: np.ndarray, per_intent: int = 40, seed: int = 0) -> np.n
     return np.array([i for lab in sorted(by) for i in rng.sample(by[lab], min(per_intent, len(by[lab])))])
 
 
-def pair_table(X: np.ndarray, groups: np.ndarray) -> dict:
-    """Precision/recall of 'cosine >= tau' over every unordered pair of the sample, same intent = positive."""
-    iu = np.triu_indices(len(X), k=1)
-    sims = (X @ X.T)[iu]
-    same = groups[iu[0]] == groups[iu[1]]
-    pos, neg = sims[same], sims[~same]
-    rows = []
-    for tau in TAUS:
-        tp, fp = int((pos >= tau).sum()), int((neg >= tau).sum())
-        rows.append({"tau": tau, "precision": round(tp / (tp + fp), 4) if tp + fp else None,
-                     "recall": round(tp / len(pos), 4), "pairs_flagged": tp + fp})
-    return {"n_texts": len(X), "n_pos_pairs": int(len(pos)), "median_pos": round(float(np.median(pos)), 4),
-            "median_neg": round(float(np.median(neg)), 4), "rows": rows}
-
-
 def fast_path(emb, clf, texts: list[str], n_batches: int) -> dict:
     """What enrich pays per ticket on its hot path: embed a batch of 64, then LightGBM predict."""
     emb_t, pred_t = [], []
@@ -148,7 +134,7 @@ def main() -> None:
         clf, r["lightgbm"] = lgbm_accuracy(X, labels, tr, te, emb.name)
         r["logreg"] = logreg_accuracy(X, labels, tr, te)
         r["fast_path_batch64"] = fast_path(emb, clf, [texts[i] for i in te], 20)
-        r["dup_pairs"] = pair_table(X[sample], labels[sample])
+        r["dup_pairs"] = pair_table(X[sample], labels[sample], TAUS)
         if kind == "static":
             r["via_sentence_transformers"] = st_static_rate(Path(args.models_dir) / "static-minilm", texts)
         res["embedders"][kind] = r

@@ -22,7 +22,7 @@ TAUS = [round(0.5 + 0.05 * i, 2) for i in range(10)]
 csv.field_size_limit(1 << 24)
 
 
-def pair_table(X: np.ndarray, groups: np.ndarray) -> dict:
+def pair_table(X: np.ndarray, groups: np.ndarray, taus: list[float] = TAUS) -> dict:
     """Precision/recall of 'cosine >= tau' over every unordered pair, same group = positive."""
     n = len(X)
     iu = np.triu_indices(n, k=1)
@@ -30,7 +30,7 @@ def pair_table(X: np.ndarray, groups: np.ndarray) -> dict:
     same = groups[iu[0]] == groups[iu[1]]
     pos, neg = sims[same], sims[~same]
     rows = []
-    for tau in TAUS:
+    for tau in taus:
         tp, fp = int((pos >= tau).sum()), int((neg >= tau).sum())
         rows.append({
             "tau": tau,

@@ -20,6 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "tickets.csv"
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
+# Phrasings written for the model tests only; none appear in the fixture.
+UNSEEN = {
+    "Three weeks on and the card you mailed me still hasn't turned up": "card_arrival",
+    "Somebody pinched my card out of my coat at the gym": "lost_or_stolen_card",
+    "What rate do I get when swapping pounds for US dollars?": "exchange_rate",
+}
+
 
 def _redis_up() -> bool:
     try:

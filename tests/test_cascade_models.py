@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from routing_engine.cascade import Policy, decide, policy_for_precision, should_escalate
 from routing_engine.classifier import Classifier, Prediction, read_labelled, train
-from routing_engine.embedder import shared_embedder
 from routing_engine.fallback import FallbackModel, latest_fallback, train_fallback
 
-FIXTURE = Path(__file__).parent / "fixtures" / "tickets.csv"
-UNSEEN = {
-    "Three weeks on and the card you mailed me still hasn't turned up": "card_arrival",
-    "Somebody pinched my card out of my coat at the gym": "lost_or_stolen_card",
-    "What rate do I get when swapping pounds for US dollars?": "exchange_rate",
-}
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return shared_embedder()
+from conftest import FIXTURE, UNSEEN
 
 
 @pytest.fixture(scope="module")

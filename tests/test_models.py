@@ -20,25 +20,13 @@ from routing_engine.classifier import (
     read_labelled,
     train,
 )
-from routing_engine.embedder import shared_embedder
 from routing_engine.teams import DEFAULT_TEAMS_PATH, load_teams
 from routing_engine.urgency import score
 
+from conftest import FIXTURE, UNSEEN
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-FIXTURE = Path(__file__).parent / "fixtures" / "tickets.csv"
-
-# Phrasings written for this test only; none appear in the fixture.
-UNSEEN = {
-    "Three weeks on and the card you mailed me still hasn't turned up": "card_arrival",
-    "Somebody pinched my card out of my coat at the gym": "lost_or_stolen_card",
-    "What rate do I get when swapping pounds for US dollars?": "exchange_rate",
-}
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return shared_embedder()
 
 
 @pytest.fixture(scope="module")
