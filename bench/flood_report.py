@@ -161,9 +161,46 @@ def table(rep: dict) -> str:
                                  f"{_f(rep['abstain_rate'], '{:.3f}')} abstained; "
                                  f"{len(rep['breaker_transitions'])} breaker transitions"),
     ]
+    bs = rep.get("breaker") or {}
+    if bs.get("first_open_s") is not None:
+        rows.append(("  breaker", f"opened {bs['opened_after_storm_start_s']} s after the first storm began "
+                                  f"({bs['first_open_reason']}); open {bs['open_s']} s, routed "
+                                  f"{bs['routed_per_s_while_open']}/s while open vs {bs['routed_per_s_otherwise']}/s "
+                                  f"otherwise"))
     w = max(len(k) for k, _ in rows)
     line = "-" * (w + 60)
     return "\n".join([line] + [f"{k:<{w}}  {v}" for k, v in rows] + [line])
+
+
+def breaker_summary(transitions: list[dict], windows: dict, recs: list[dict], t0: int, t_end: int) -> dict:
+    """When the breaker first opened relative to the first storm, and the routed rate while open vs not."""
+    storm_start = min((w[0] for w in windows.values()), default=None)
+    opens = [b for b in transitions if b.get("state") == "open" and "t" in b]
+    after = [b for b in opens if storm_start is None or b["t"] >= storm_start]
+    # open intervals on the epoch-ms clock: from each 'open' to the next transition (or the run's end)
+    spans, start = [], None
+    for b in sorted((b for b in transitions if b.get("at")), key=lambda b: int(b["at"])):
+        if b.get("state") == "open" and start is None:
+            start = int(b["at"])
+        elif b.get("state") != "open" and start is not None:
+            spans.append((start, int(b["at"])))
+            start = None
+    if start is not None:
+        spans.append((start, t_end))
+    open_ms = sum(b - a for a, b in spans)
+    in_open = sum(1 for x in recs if any(a <= x["t_route"] < b for a, b in spans))
+    total_ms = max(1, t_end - t0)
+    return {
+        "first_storm_start_s": storm_start,
+        "first_open_s": after[0]["t"] if after else None,
+        "opened_after_storm_start_s": round(after[0]["t"] - storm_start, 2) if after and storm_start is not None
+        else None,
+        "first_open_reason": after[0].get("reason") if after else None,
+        "open_s": round(open_ms / 1000, 2),
+        "routed_per_s_while_open": round(in_open / (open_ms / 1000), 1) if open_ms > 0 else None,
+        "routed_per_s_otherwise": round((len(recs) - in_open) / ((total_ms - open_ms) / 1000), 1)
+        if total_ms > open_ms else None,
+    }
 
 
 def plot(rep: dict, path) -> None:

@@ -1,12 +1,17 @@
 -- Circuit breaker around the transformer fallback: one state machine in Redis, updated atomically, so every
 -- worker sees the same state and no read-modify-write race can lose a transition.
--- KEYS: 1 breaker hash, 2 events stream
+-- KEYS: 1 breaker hash, 2 events stream, 3 escalate stream (the fallback's queue; optional)
 -- ARGV: 1 op (allow | record | state), 2 now_ms, 3 budget_ms, 4 failure_threshold, 5 cooldown_ms,
---       6 backlog_ms, 7 probe_max, 8 ok (1/0), 9 latency_ms, 10 backlog age ms, 11 error text
--- allow  -> {1|0, state}: may this batch escalate? (open -> half_open after the cooldown; half_open grants probe_max)
+--       6 backlog_ms, 7 probe_max, 8 ok (1/0), 9 latency_ms, 10 backlog age ms, 11 error text,
+--       12 allow: the fallback's consumer group / record: texts in the batch, 13 allow: texts to escalate now
+-- allow  -> {1|0, state}: may this batch escalate? Before any answer is late it looks at the fallback's queue:
+--           if the oldest waiting escalation is older than backlog_ms, or the queue plus this batch would take
+--           longer than budget_ms at the fallback's measured rate, it opens at once (so a flood trips it
+--           within one enrich batch, not after slow fallback batches finish). open -> half_open after the
+--           cooldown; half_open grants probe_max.
 -- record -> {state}: a fallback batch finished: latency over budget or an error counts a failure
 --           (failure_threshold in a row opens); a backlog over backlog_ms opens at once; in half_open one
---           success closes and one failure reopens.
+--           success closes and one failure reopens. Keeps a moving average of the fallback's texts/s.
 local B = KEYS[1]
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -25,9 +30,48 @@ local function transition(to, reason)
   state = to
 end
 
+-- The fallback's queue: how many escalations wait (undelivered + in flight) and since when (ms, or nil).
+local function queue()
+  if not KEYS[3] or not ARGV[12] or ARGV[12] == '' then return 0, nil end
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[3])
+  if not ok then return 0, nil end
+  for _, g in ipairs(groups) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    if f['name'] == ARGV[12] then
+      local pending, lag = tonumber(f['pending']) or 0, tonumber(f['lag']) or 0
+      local oldest = nil
+      if pending > 0 then
+        local p = redis.call('XPENDING', KEYS[3], ARGV[12])
+        oldest = tonumber(string.match(p[2], '^(%d+)'))
+      end
+      local nxt = redis.call('XRANGE', KEYS[3], '(' .. f['last-delivered-id'], '+', 'COUNT', 1)
+      if nxt[1] then
+        local t = tonumber(string.match(nxt[1][1], '^(%d+)'))
+        if not oldest or t < oldest then oldest = t end
+      end
+      return pending + lag, oldest
+    end
+  end
+  return 0, nil
+end
+
 if op == 'allow' then
   if state == 'open' and now - tonumber(redis.call('HGET', B, 'opened_at') or '0') >= tonumber(ARGV[5]) then
     transition('half_open', 'cooldown elapsed: probing')
+  end
+  if state ~= 'open' then
+    local waiting, oldest = queue()
+    local rate = tonumber(redis.call('HGET', B, 'rate') or '0')
+    local n = tonumber(ARGV[13]) or 0
+    local age = oldest and (now - oldest) or 0
+    redis.call('HSET', B, 'queue', waiting, 'queue_age_ms', age)
+    if age > tonumber(ARGV[6]) then
+      transition('open', 'backlog: oldest escalation waited ' .. math.floor(age) .. 'ms > ' .. ARGV[6] .. 'ms')
+    elseif rate > 0 and (waiting + n) * 1000 / rate > tonumber(ARGV[3]) then
+      transition('open', 'backlog: ' .. (waiting + n) .. ' escalations at ' .. math.floor(rate) ..
+        '/s need ' .. math.floor((waiting + n) * 1000 / rate) .. 'ms > budget ' .. ARGV[3] .. 'ms')
+    end
   end
   if state == 'closed' then return {1, state} end
   if state == 'half_open' then
@@ -38,8 +82,13 @@ if op == 'allow' then
 end
 
 if op == 'record' then
-  local lat, age = tonumber(ARGV[9]), tonumber(ARGV[10])
+  local lat, age, n = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[12]) or 0
   redis.call('HSET', B, 'last_latency_ms', lat, 'last_backlog_ms', age, 'last_at', now)
+  if ARGV[8] == '1' and n > 0 and lat > 0 then
+    local seen = n * 1000 / lat
+    local old = tonumber(redis.call('HGET', B, 'rate') or '0')
+    redis.call('HSET', B, 'rate', old > 0 and (0.7 * old + 0.3 * seen) or seen)
+  end
   if state == 'open' then return {state} end  -- a batch started before the trip: nothing to learn
   if age > tonumber(ARGV[6]) then
     transition('open', 'backlog: oldest escalation waited ' .. math.floor(age) .. 'ms > ' .. ARGV[6] .. 'ms')

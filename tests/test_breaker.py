@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import redis.asyncio as aioredis
 
@@ -53,6 +54,32 @@ async def test_backlog_opens_at_once(r, prefix):
     b = Breaker(r, k.breaker, k.events, POLICY)
     assert await b.record(True, latency_ms=50, backlog_ms=1500) == "open"
     assert "backlog" in (await _events(r, k))[0][1]
+
+
+async def test_allow_opens_on_the_queue_before_any_late_answer(r, prefix):
+    """A flood trips the breaker at escalation time: by the age of the oldest waiting escalation, or by the
+    queue the fallback would need longer than the budget to serve at its measured rate."""
+    k = Keys(prefix)
+    b = Breaker(r, k.breaker, k.events, POLICY, queue=(k.escalate, "fallback"))
+    await r.xgroup_create(k.escalate, "fallback", id="0", mkstream=True)
+    assert await b.allow(n=5) == (True, "closed")  # no rate measured yet, empty queue
+    await b.record(True, latency_ms=1000, n=10)  # the fallback serves 10 texts/s
+    for _ in range(3):
+        await r.xadd(k.escalate, {"data": "{}"})
+    assert await b.allow(n=1) == (True, "closed")  # 4 texts at 10/s = 400 ms: within the 500 ms budget
+    assert await b.allow(n=3) == (False, "open")  # 6 texts = 600 ms
+    assert "6 escalations at 10/s need 600ms > budget 500ms" in (await _events(r, k))[0][1]
+    assert (await b.state())["queue"] == "3"
+
+    # A queue entry read by a consumer but not acked still counts, and its age opens it.
+    q2 = k.escalate + ":aged"
+    b2 = Breaker(r, k.breaker + ":aged", k.events + ":aged", POLICY, queue=(q2, "fallback"))
+    await r.xgroup_create(q2, "fallback", id="0", mkstream=True)
+    await r.xadd(q2, {"data": "{}"}, id=f"{int(time.time() * 1000) - 1500}-0")
+    await r.xreadgroup("fallback", "c1", {q2: ">"}, count=1)
+    assert await b2.allow(n=1) == (False, "open")
+    reasons = [f[b"reason"].decode() for _, f in await r.xrange(k.events + ":aged")]
+    assert len(reasons) == 1 and reasons[0].startswith("backlog: oldest escalation waited 15")
 
 
 async def test_two_workers_share_one_state_without_races(redis_url, prefix):

@@ -22,26 +22,34 @@ class BreakerPolicy:
 class Breaker:
     """Every worker holding a Breaker on the same key shares one state."""
 
-    def __init__(self, r: aioredis.Redis, key: str, events_key: str, policy: BreakerPolicy | None = None):
+    def __init__(self, r: aioredis.Redis, key: str, events_key: str, policy: BreakerPolicy | None = None,
+                 queue: tuple[str, str] | None = None):
+        """`queue` = (escalate stream, fallback group): with it, `allow` opens on the queue's age and size
+        before any late answer comes back."""
         self.r = r
         self.key = key
         self.events_key = events_key
         self.policy = policy or BreakerPolicy()
+        self.queue = queue
         self._script = r.register_script(lua("breaker"))
 
-    async def _call(self, op: str, ok: bool = True, latency_ms: float = 0.0, backlog_ms: float = 0.0, error: str = ""):
+    async def _call(self, op: str, ok: bool = True, latency_ms: float = 0.0, backlog_ms: float = 0.0, error: str = "",
+                    n: int = 0):
         p = self.policy
-        return await self._script(keys=[self.key, self.events_key], args=[
+        keys = [self.key, self.events_key] + ([self.queue[0]] if self.queue else [])
+        group = (self.queue[1] if self.queue else "") if op == "allow" else n
+        return await self._script(keys=keys, args=[
             op, now_ms(), p.budget_ms, p.failure_threshold, p.cooldown_ms, p.backlog_ms, p.probe_max,
-            int(ok), round(latency_ms, 1), round(backlog_ms, 1), error[:200]])
+            int(ok), round(latency_ms, 1), round(backlog_ms, 1), error[:200], group, n])
 
-    async def allow(self) -> tuple[bool, str]:
-        """May this batch escalate? In half-open, only probe_max batches are let through."""
-        allowed, state = await self._call("allow")
+    async def allow(self, n: int = 0) -> tuple[bool, str]:
+        """May a batch of `n` escalations go to the fallback? In half-open, only probe_max batches go."""
+        allowed, state = await self._call("allow", n=n)
         return bool(allowed), state.decode()
 
-    async def record(self, ok: bool, latency_ms: float, backlog_ms: float = 0.0, error: str = "") -> str:
-        (state,) = await self._call("record", ok, latency_ms, backlog_ms, error)
+    async def record(self, ok: bool, latency_ms: float, backlog_ms: float = 0.0, error: str = "", n: int = 0) -> str:
+        """A fallback batch of `n` texts finished after `latency_ms`."""
+        (state,) = await self._call("record", ok, latency_ms, backlog_ms, error, n=n)
         return state.decode()
 
     async def state(self) -> dict:

@@ -70,7 +70,7 @@ class FallbackStage(Stage):
             try:
                 timeout = 10 * self.settings.breaker_budget_ms / 1000
                 slow = await asyncio.wait_for(asyncio.to_thread(self.model.predict, texts), timeout)
-                state = await self.breaker.record(True, (time.perf_counter() - t0) * 1000, backlog_ms)
+                state = await self.breaker.record(True, (time.perf_counter() - t0) * 1000, backlog_ms, n=len(texts))
             except Exception as exc:  # a failing fallback must not hold tickets: keep the fast answers
                 why = f"fallback error: {type(exc).__name__}"
                 state = await self.breaker.record(False, (time.perf_counter() - t0) * 1000, backlog_ms, str(exc))
