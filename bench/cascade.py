@@ -56,19 +56,21 @@ def rate(n: int, seconds: float) -> float:
     return round(n / max(seconds, 1e-9), 1)
 
 
-def fast_cv(X, y, labels, folds: int, seed: int = 0):
+def fast_cv(X, y, labels, texts, folds: int, seed: int = 0):
     from sklearn.model_selection import StratifiedKFold
 
     rows, fold0 = [], None
     for k, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y)):
         t0 = time.perf_counter()
         clf = train_on_embeddings(X[tr], [labels[i] for i in tr], embedder_name="all-MiniLM-L6-v2", progress=False,
-                                  seed=seed)
+                                  seed=seed, texts=[texts[i] for i in tr])
+        te_texts = [texts[i] for i in te]
         fit_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        p_cal = clf.predict_proba(X[te])
+        p_cal = clf.predict_proba(X[te], te_texts)
         clf_s = time.perf_counter() - t1
-        p_raw = clf.predict_proba(X[te], calibrated=False)
+        p_raw = clf.predict_proba(X[te], te_texts, calibrated=False)
+        lex = clf.lexical.logits(te_texts) if clf.lexical is not None else None
         names = clf.labels
         yt = np.array([names.index(labels[i]) for i in te])
         ok = p_cal.argmax(1) == yt
@@ -77,12 +79,14 @@ def fast_cv(X, y, labels, folds: int, seed: int = 0):
         row = {"fold": k, "accuracy": round(float(ok.mean()), 4),
                "lightgbm_alone_accuracy": round(float((np.asarray(gbm).reshape(len(te), -1).argmax(1) == yt).mean()), 4),
                "linear_alone_accuracy": round(float((lin.argmax(1) == yt).mean()), 4),
-               "linear_weight": clf.meta["linear_weight"],
+               "lexical_alone_accuracy": None if lex is None else round(float((lex.argmax(1) == yt).mean()), 4),
+               "linear_weight": clf.meta["linear_weight"], "lexical_weight": clf.meta["lexical_weight"],
                "ece_uncalibrated": round(ece(p_raw.max(1), ok), 4), "ece_calibrated": round(ece(p_cal.max(1), ok), 4),
                "temperature": round(clf.temperature, 3), "train_seconds": round(fit_s, 1),
                "classify_texts_per_s": rate(len(te), clf_s), "best_iteration": clf.meta["best_iteration"]}
         print(f"  fold {k}: acc {row['accuracy']:.4f} (LightGBM alone {row['lightgbm_alone_accuracy']:.4f}, LR alone "
-              f"{row['linear_alone_accuracy']:.4f}, w={row['linear_weight']})  "
+              f"{row['linear_alone_accuracy']:.4f}, w={row['linear_weight']}, TF-IDF alone {row['lexical_alone_accuracy']}, "
+              f"w={row['lexical_weight']})  "
               f"ECE {row['ece_uncalibrated']:.3f} -> {row['ece_calibrated']:.3f}  train {fit_s:.0f}s", flush=True)
         rows.append(row)
         if k == 0:
@@ -115,10 +119,11 @@ def oos_eval(name, train, tune, tests, embedder, target, quick, seed=0):
         keep = rng.choice(len(tx), 4000, replace=False)
         tx, ty = [tx[i] for i in keep], [ty[i] for i in keep]
     t0 = time.perf_counter()
-    clf = train_on_embeddings(embed(tx, embedder), ty, embedder_name=embedder.name, progress=False, seed=seed)
+    clf = train_on_embeddings(embed(tx, embedder), ty, embedder_name=embedder.name, progress=False, seed=seed,
+                              texts=tx)
     fit_s = time.perf_counter() - t0
     vx, vy = tune
-    pv = clf.predict_proba(embed(vx, embedder))
+    pv = clf.predict_proba(embed(vx, embedder), vx)
     sims_v = clf.ood_similarity(embed(vx, embedder))
     lab = np.array(clf.labels)
     pol = policy_for_precision(pv.max(1), lab[pv.argmax(1)] == np.array(vy), target,
@@ -128,7 +133,7 @@ def oos_eval(name, train, tune, tests, embedder, target, quick, seed=0):
     scored = {}
     for part, (x, yl, in_scope) in tests.items():
         e = embed(x, embedder)
-        p, s = clf.predict_proba(e), clf.ood_similarity(e)
+        p, s = clf.predict_proba(e, x), clf.ood_similarity(e)
         scored[part] = (p, s, np.array(yl), in_scope)
     def metrics(abstain_below, ood_below):
         row = {}
@@ -197,8 +202,8 @@ def main() -> int:
     print(f"BANKING77 train: {len(texts)} rows, {len(names)} classes; MiniLM embeds {embed_tps}/s "
           f"(load avg {load:.1f} on {os.cpu_count()} cores)", flush=True)
 
-    print(f"fast path, {folds}-fold CV (LightGBM pooled with LR, temperature-calibrated):", flush=True)
-    rows, (tr, te, clf, p_fast, yt) = fast_cv(X, y, labels, folds)
+    print(f"fast path, {folds}-fold CV (LightGBM pooled with LR on the embedding and a TF-IDF LR on the text, temperature-calibrated):", flush=True)
+    rows, (tr, te, clf, p_fast, yt) = fast_cv(X, y, labels, texts, folds)
     accs = [r["accuracy"] for r in rows]
     clf_tps = float(np.median([r["classify_texts_per_s"] for r in rows]))
     fast_tps = 1.0 / (1.0 / embed_tps + 1.0 / clf_tps)
@@ -232,7 +237,7 @@ def main() -> int:
         blend = 0.0
         if len(ftr) == len(tr):
             ho = tr[_split(y[tr], 0.1, 0)[1]]
-            pf_h = clf.predict_proba(X[ho])
+            pf_h = clf.predict_proba(X[ho], [texts[i] for i in ho])
             ps_h = fb.predict_proba([texts[i] for i in ho])
             conf_h = pf_h.max(1)
             cut = np.quantile(conf_h, 0.25)

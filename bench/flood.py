@@ -107,8 +107,9 @@ def naive_baseline(planned: list, embedder, clf, tau: float, window_s: float, ur
     preds: dict[str, str] = {}
     t0 = time.perf_counter()
     for i, p in enumerate(planned):
-        v = embedder.encode([ticket_text(p.ticket)])[0]
-        pred = clf.predict(v[None, :])[0]
+        text = ticket_text(p.ticket)
+        v = embedder.encode([text])[0]
+        pred = clf.predict(v[None, :], [text])[0]
         s, _ = urgency.score("", p.ticket.get("body", ""), pred.team, pred.confidence)
         _urgent = s > urgent_threshold  # same per-ticket work as enrich; routing itself is not modelled
         lo = bisect.bisect_left(times, p.at_s - window_s)
@@ -584,6 +585,7 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
         "abstain_rate": round(abstained / max(1, len(got["records"])), 4),
         "decided_by": {str(k2): v for k2, v in decided.items()}, "degraded": degraded,
         "breaker_transitions": got["breaker"], "breaker_field": dict(breaker_fields),
+        "breaker": fr.breaker_summary(got["breaker"], windows, recs, t0, t_end),
         "storm_windows": windows,
         "timeline": fr.timeline(recs, t0, samples) if recs else [],
         "config": {"batch_size": settings.batch_size, "tau": settings.dedup_tau, "incident_k": settings.incident_k,

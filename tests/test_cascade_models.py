@@ -42,15 +42,19 @@ def test_fast_path_trains_in_seconds_calibrated(fast, embedder, tmp_path):
     clf, seconds = fast
     assert seconds < 20, f"fast path on 60 rows took {seconds:.1f}s"
     assert clf.meta["linear_weight"] > 0 and clf.linear is not None and clf.temperature > 0
-    emb = embedder.encode(list(UNSEEN))
-    proba = clf.predict_proba(emb)
+    assert clf.needs_texts and clf.lexical is not None  # trained from texts: the n-gram model is pooled in
+    texts = list(UNSEEN)
+    emb = embedder.encode(texts)
+    with pytest.raises(ValueError, match="needs the ticket texts"):
+        clf.predict_proba(emb)
+    proba = clf.predict_proba(emb, texts)
     assert proba.shape == (3, len(clf.labels))
     assert np.all(proba >= 0) and np.all(proba <= 1) and np.all(proba.sum(1) <= 1 + 1e-9)
-    assert [p.label for p in clf.predict(emb)] == list(UNSEEN.values())
+    assert [p.label for p in clf.predict(emb, texts)] == list(UNSEEN.values())
     assert isinstance(clf.policy, Policy) and 0 <= clf.policy.abstain_below <= 1
-    # Round trip keeps the pooled regression, the temperature, the policy and the OOD bank.
+    # Round trip keeps the pooled regressions, the temperature, the policy and the OOD bank.
     loaded = Classifier.load(clf.save(tmp_path))
-    np.testing.assert_allclose(loaded.predict_proba(emb), proba, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(loaded.predict_proba(emb, texts), proba, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(loaded.ood_similarity(emb), clf.ood_similarity(emb), rtol=1e-5)
     assert loaded.policy == clf.policy
 

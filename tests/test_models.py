@@ -67,7 +67,7 @@ def test_train_on_fixture_is_fast_and_generalises(trained, embedder):
     clf, seconds = trained
     assert seconds < 10, f"training on 60 rows took {seconds:.1f}s"
     assert clf.version.startswith("lgbm-") and len(clf.labels) == 6
-    preds = clf.predict(embedder.encode(list(UNSEEN)))
+    preds = clf.predict(embedder.encode(list(UNSEEN)), list(UNSEEN))
     got = {text: p.label for text, p in zip(UNSEEN, preds)}
     assert got == UNSEEN
     for p in preds:
@@ -85,9 +85,10 @@ def test_save_load_round_trip(trained, embedder, tmp_path):
     assert meta["training_data_sha256"] and meta["embedder_name"] == embedder.name
     loaded = Classifier.load(path)
     assert loaded.version == clf.version and loaded.labels == clf.labels
-    emb = embedder.encode(list(UNSEEN))
-    np.testing.assert_allclose(loaded.predict_proba(emb), clf.predict_proba(emb), rtol=1e-6, atol=1e-9)
-    assert [p.label for p in loaded.predict(emb)] == [p.label for p in clf.predict(emb)]
+    texts = list(UNSEEN)
+    emb = embedder.encode(texts)
+    np.testing.assert_allclose(loaded.predict_proba(emb, texts), clf.predict_proba(emb, texts), rtol=1e-6, atol=1e-9)
+    assert [p.label for p in loaded.predict(emb, texts)] == [p.label for p in clf.predict(emb, texts)]
 
 
 def test_latest_model_picks_newest_complete(trained, tmp_path):
@@ -112,7 +113,7 @@ def test_tiny_data_without_holdout(embedder):
     texts, labels = read_labelled(FIXTURE)
     clf = train(texts[::2], labels[::2], embedder, progress=False, holdout=0.0)
     assert "holdout_accuracy" not in clf.metrics
-    assert clf.predict(embedder.encode(["my card was stolen"]))[0].label == "lost_or_stolen_card"
+    assert clf.predict(embedder.encode(["my card was stolen"]), ["my card was stolen"])[0].label == "lost_or_stolen_card"
 
 
 def test_read_labelled_jsonl(tmp_path):

@@ -88,7 +88,7 @@ def test_lightgbm_trains_on_static_embeddings(static):
     texts, labels = read_labelled(FIXTURE)
     clf = train(texts, labels, static, progress=False, holdout=0)
     assert clf.embedder_name == "static-minilm"
-    preds = clf.predict(static.encode(list(HELD_OUT)))
+    preds = clf.predict(static.encode(list(HELD_OUT)), list(HELD_OUT))
     assert {t: p.label for t, p in zip(HELD_OUT, preds)} == HELD_OUT
 
 

@@ -30,7 +30,7 @@ def breaker_for(r, settings, keys) -> Breaker:
     s = settings
     return Breaker(r, keys.breaker, keys.events, BreakerPolicy(
         budget_ms=s.breaker_budget_ms, failure_threshold=s.breaker_failures, cooldown_ms=s.breaker_cooldown_ms,
-        backlog_ms=s.breaker_backlog_ms))
+        backlog_ms=s.breaker_backlog_ms), queue=(keys.escalate, "fallback"))
 
 
 def pred_json(p: Prediction, model: str) -> dict:
@@ -106,7 +106,7 @@ class EnrichStage(Stage):
         t0 = time.perf_counter()
         emb = self.embedder.encode(texts)
         t1 = time.perf_counter()
-        preds = clf.predict(emb)
+        preds = clf.predict(emb, texts)
         sims = clf.ood_similarity(emb)
         return emb, preds, sims, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
 
@@ -118,7 +118,7 @@ class EnrichStage(Stage):
         tickets = [e.value for e in entries]
         emb, preds, sims, embed_ms, clf_ms = await asyncio.to_thread(self._infer, clf, [t.text for t in tickets])
         want = [self._has_fallback and cascade.should_escalate(p, float(s), policy) for p, s in zip(preds, sims)]
-        allowed, breaker_state = (await self.breaker.allow()) if any(want) else (False, None)
+        allowed, breaker_state = (await self.breaker.allow(sum(want))) if any(want) else (False, None)
         outcomes = []
         for entry, ticket, vec, pred, sim, esc in zip(entries, tickets, emb, preds, sims, want):
             fast = pred_json(pred, clf.version)

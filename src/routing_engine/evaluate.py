@@ -73,7 +73,7 @@ def evaluate(
     t0 = time.perf_counter()
     emb = embed_texts(texts, embedder, progress)
     t1 = time.perf_counter()
-    fast = classifier.predict(emb)
+    fast = classifier.predict(emb, texts)
     t2 = time.perf_counter()
     sims = classifier.ood_similarity(emb)
     t3 = time.perf_counter()
@@ -223,7 +223,7 @@ def tune_policy(
     ho = split[1]
     ho_texts = [texts[i] for i in ho]
     emb = embedder.encode(ho_texts)
-    pf = classifier.predict_proba(emb)
+    pf = classifier.predict_proba(emb, ho_texts)
     ps = fallback.predict_proba(ho_texts)
     fast_conf, fast_ok = pf.max(1), pf.argmax(1) == y[ho]
     base = classifier.policy
