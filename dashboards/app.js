@@ -91,7 +91,8 @@ const handlers = {
   },
   "agent.updated": () => refreshAgents(),
   "breaker.state": (e) => {
-    state.breaker = e;
+    // transitions carry no escalation rate: keep the last one the flood meter sent
+    state.breaker = { escalation_rate: state.breaker?.escalation_rate, ...e };
     if (e.latency_ms != null) state.latency.push(+e.latency_ms);
     if (state.latency.length > 120) state.latency.shift();
     touch("breaker");
@@ -101,6 +102,10 @@ const handlers = {
     const last = state.series[state.series.length - 1];
     if (!last || last[0] < e.t) state.series.push([e.t, e.count]);
     while (state.series.length > SERIES_S) state.series.shift();
+    if (e.escalation_rate != null) {
+      state.breaker = { state: "closed", ...state.breaker, escalation_rate: e.escalation_rate };
+      touch("breaker");
+    }
     touch("flood");
   },
   "queue.depths": (e) => {

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from routing_engine.api import make_app
-from routing_engine.events import HUB, FloodMeter
+from routing_engine.events import HUB, FloodMeter, Hub
 from routing_engine.keys import Keys
 
 
@@ -175,6 +175,18 @@ def test_flood_meter_enters_and_leaves_with_hysteresis():
         m.add(s * 1000, 30)  # below the entry threshold but above half of it: stays flooded
     assert m.tick(1066)["state"] == "flood"
     assert m.tick(1070)["state"] == "normal"
+
+
+def test_escalation_rate_counts_tickets_once(r, settings):
+    """An escalated ticket emits ticket.escalated, then ticket.classified when the fallback answers."""
+    hub = Hub(r, Keys(settings.prefix))
+    assert hub.escalation_rate(1000) is None  # nothing classified yet: unknown, not 0
+    for i in range(8):
+        hub._observe(1_000_000 + i, "ticket.classified", {})
+    for i in range(2):
+        hub._observe(1_000_100 + i, "ticket.escalated", {})
+    assert hub.escalation_rate(1001) == 0.25
+    assert hub.escalation_rate(1001 + 61) is None  # a minute later the window is empty
 
 
 N_CLIENTS = 50

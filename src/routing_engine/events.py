@@ -147,6 +147,7 @@ class Hub:
         self.dropped_total = 0
         self.teams: set[str] = set()
         self.group_hits: collections.deque = collections.deque()  # (second, gid) of grouped/grew/opened events
+        self.classified: collections.deque = collections.deque()  # (second, escalated?) per classification event
         self.samples: dict[str, str] = {}
         self.last_flood: dict | None = None
         self.last_queues: dict | None = None
@@ -214,10 +215,21 @@ class Hub:
             g = fields.get(b"group")
             if g:
                 self.group_hits.append((ts_ms // 1000, g.decode()))
+        elif etype in ("ticket.escalated", "ticket.classified"):
+            self.classified.append((ts_ms // 1000, etype == "ticket.escalated"))
         elif etype in ("ticket.queued", "ticket.assigned", "ticket.attached"):
             t = fields.get(b"team")
             if t:
                 self.teams.add(t.decode())
+
+    def escalation_rate(self, now_s: int, window_s: int = 60) -> float | None:
+        """Share of tickets sent to the fallback in the last minute. An escalated ticket emits
+        ticket.escalated and later ticket.classified; every other ticket emits only ticket.classified."""
+        while self.classified and self.classified[0][0] < now_s - window_s:
+            self.classified.popleft()
+        tickets = sum(1 for _, esc in self.classified if not esc)
+        escalated = sum(1 for _, esc in self.classified if esc)
+        return round(min(1.0, escalated / tickets), 4) if tickets else None
 
     def _clusters(self, now_s: int, window_s: int = 60, top: int = 5) -> list[tuple[str, int]]:
         while self.group_hits and self.group_hits[0][0] < now_s - window_s:
@@ -227,6 +239,7 @@ class Hub:
 
     async def _tick(self, now_s: int) -> None:
         flood = self.meter.tick(now_s)
+        flood["escalation_rate"] = self.escalation_rate(now_s)
         if flood["changed"]:
             log.info("events.flood_state", state=flood["state"], rate=flood["rate"], baseline=flood["baseline"])
         clusters = self._clusters(now_s)
@@ -242,7 +255,8 @@ class Hub:
         if brk:  # the breaker's current state, for pages that connect between its transitions
             self.last_breaker = {"type": "breaker.state", "state": brk.get("state", "closed"),
                                  "reason": brk.get("reason", ""), "latency_ms": brk.get("last_latency_ms"),
-                                 "ts": int(brk.get("changed_at") or 0) or None}
+                                 "ts": int(brk.get("changed_at") or 0) or None,
+                                 "escalation_rate": flood["escalation_rate"]}
         flood["clusters"] = []
         for (g, n), (size, sample, inc, status) in zip(clusters, res[:len(clusters)]):
             flood["clusters"].append({"group": g, "last_60s": n, "size": int(size or 0),
