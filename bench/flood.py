@@ -489,6 +489,7 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
     urgent_lat: list[int] = []
     urgent_set: set[str] = set()
     breaker_fields = Counter()
+    late_at: list[int] = []  # when each escalation answered later than the budget became late (epoch ms)
     for tid, h in got["records"].items():
         if h["group"]:
             groups[tid] = h["group"]
@@ -499,6 +500,9 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
             # escalated = sent to the slower fallback model, whatever then decided it; abstain is not escalation
             escalated += bool(enrich.get("escalated_at")) or enrich.get("decided_by") == "transformer"
             degraded += bool(enrich.get("degraded"))
+            esc_at = enrich.get("escalated_at")
+            if esc_at and h["t_enrich"] and int(h["t_enrich"]) - int(esc_at) > settings.breaker_budget_ms:
+                late_at.append(int(esc_at) + int(settings.breaker_budget_ms))
             abstained += bool(enrich.get("abstain")) or enrich.get("decided_by") == "abstain"
         if h["breaker"]:
             breaker_fields[h["breaker"]] += 1
@@ -585,7 +589,7 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
         "abstain_rate": round(abstained / max(1, len(got["records"])), 4),
         "decided_by": {str(k2): v for k2, v in decided.items()}, "degraded": degraded,
         "breaker_transitions": got["breaker"], "breaker_field": dict(breaker_fields),
-        "breaker": fr.breaker_summary(got["breaker"], windows, recs, t0, t_end),
+        "breaker": fr.breaker_summary(got["breaker"], windows, recs, t0, t_end, late_at),
         "storm_windows": windows,
         "timeline": fr.timeline(recs, t0, samples) if recs else [],
         "config": {"batch_size": settings.batch_size, "tau": settings.dedup_tau, "incident_k": settings.incident_k,

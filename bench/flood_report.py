@@ -163,7 +163,8 @@ def table(rep: dict) -> str:
     ]
     bs = rep.get("breaker") or {}
     if bs.get("first_open_s") is not None:
-        rows.append(("  breaker", f"opened {bs['opened_after_storm_start_s']} s after the first storm began "
+        rows.append(("  breaker", f"opened {bs['opened_after_storm_start_s']} s after the first storm began, "
+                                  f"{bs['opened_after_first_late_s']} s after the first escalation ran over budget "
                                   f"({bs['first_open_reason']}); open {bs['open_s']} s, routed "
                                   f"{bs['routed_per_s_while_open']}/s while open vs {bs['routed_per_s_otherwise']}/s "
                                   f"otherwise"))
@@ -172,11 +173,16 @@ def table(rep: dict) -> str:
     return "\n".join([line] + [f"{k:<{w}}  {v}" for k, v in rows] + [line])
 
 
-def breaker_summary(transitions: list[dict], windows: dict, recs: list[dict], t0: int, t_end: int) -> dict:
-    """When the breaker first opened relative to the first storm, and the routed rate while open vs not."""
+def breaker_summary(transitions: list[dict], windows: dict, recs: list[dict], t0: int, t_end: int,
+                    late_at: list[int] = ()) -> dict:
+    """When the breaker first opened: after the first storm began, and after the first escalation ran over
+    the budget (`late_at`: epoch ms at which each late escalation passed its budget); the routed rate while
+    open vs not."""
     storm_start = min((w[0] for w in windows.values()), default=None)
     opens = [b for b in transitions if b.get("state") == "open" and "t" in b]
     after = [b for b in opens if storm_start is None or b["t"] >= storm_start]
+    first_late = min(late_at, default=None)
+    after_late = [b for b in opens if first_late is not None and int(b["at"]) >= first_late]
     # open intervals on the epoch-ms clock: from each 'open' to the next transition (or the run's end)
     spans, start = [], None
     for b in sorted((b for b in transitions if b.get("at")), key=lambda b: int(b["at"])):
@@ -196,6 +202,10 @@ def breaker_summary(transitions: list[dict], windows: dict, recs: list[dict], t0
         "opened_after_storm_start_s": round(after[0]["t"] - storm_start, 2) if after and storm_start is not None
         else None,
         "first_open_reason": after[0].get("reason") if after else None,
+        "first_late_escalation_s": round((first_late - t0) / 1000, 2) if first_late is not None else None,
+        "opened_after_first_late_s": round((int(after_late[0]["at"]) - first_late) / 1000, 2) if after_late
+        else None,
+        "late_escalations": len(late_at),
         "open_s": round(open_ms / 1000, 2),
         "routed_per_s_while_open": round(in_open / (open_ms / 1000), 1) if open_ms > 0 else None,
         "routed_per_s_otherwise": round((len(recs) - in_open) / ((total_ms - open_ms) / 1000), 1)

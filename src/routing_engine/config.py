@@ -46,7 +46,7 @@ class Settings:
     alert_url: str = field(default="", metadata={"env": "ROUTING_ALERT_URL", "help": "outbound webhook for alerts (unset = none)"})
     alert_timeout_s: float = field(default=2.0, metadata={"env": "ROUTING_ALERT_TIMEOUT_S", "help": "per alert attempt"})
     alert_retries: int = field(default=3, metadata={"env": "ROUTING_ALERT_RETRIES", "help": "attempts per alert"})
-    breaker_budget_ms: float = field(default=500.0, metadata={"env": "ROUTING_BREAKER_BUDGET_MS", "help": "a fallback batch slower than this counts as a failure"})
+    breaker_budget_ms: float = field(default=500.0, metadata={"env": "ROUTING_BREAKER_BUDGET_MS", "help": "a fallback batch slower than this is a failure; a queue needing longer opens the breaker"})
     breaker_failures: int = field(default=2, metadata={"env": "ROUTING_BREAKER_FAILURES", "help": "failures in a row that open the breaker"})
     breaker_cooldown_ms: int = field(default=5000, metadata={"env": "ROUTING_BREAKER_COOLDOWN_MS", "help": "open this long before a half-open probe"})
     breaker_backlog_ms: int = field(default=1000, metadata={"env": "ROUTING_BREAKER_BACKLOG_MS", "help": "an escalation waiting longer opens the breaker"})
