@@ -84,7 +84,8 @@ end
 if op == 'record' then
   local lat, age, n = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[12]) or 0
   redis.call('HSET', B, 'last_latency_ms', lat, 'last_backlog_ms', age, 'last_at', now)
-  if ARGV[8] == '1' and n > 0 and lat > 0 then
+  -- a batch of a few texts is mostly fixed overhead: it would understate the batched rate
+  if ARGV[8] == '1' and n >= 8 and lat > 0 then
     local seen = n * 1000 / lat
     local old = tonumber(redis.call('HGET', B, 'rate') or '0')
     redis.call('HSET', B, 'rate', old > 0 and (0.7 * old + 0.3 * seen) or seen)

@@ -64,6 +64,7 @@ async def test_allow_opens_on_the_queue_before_any_late_answer(r, prefix):
     await r.xgroup_create(k.escalate, "fallback", id="0", mkstream=True)
     assert await b.allow(n=5) == (True, "closed")  # no rate measured yet, empty queue
     await b.record(True, latency_ms=1000, n=10)  # the fallback serves 10 texts/s
+    await b.record(True, latency_ms=400, n=2)  # 5/s from a 2-text batch, mostly overhead: not a rate sample
     for _ in range(3):
         await r.xadd(k.escalate, {"data": "{}"})
     assert await b.allow(n=1) == (True, "closed")  # 4 texts at 10/s = 400 ms: within the 500 ms budget
