@@ -111,6 +111,8 @@ def test_unsure_goes_to_transformer():
 
 
 def test_breaker_open_keeps_fast_answer_degraded():
+    d = decide(P("card_arrival", 0.5), None, 0.8, POLICY, fallback_in_use=False)
+    assert not d["degraded"] and d["decided_by"] == "lightgbm" and "no fallback in use" in d["reason"]
     d = decide(P("card_arrival", 0.5), None, 0.8, POLICY, breaker_open=True)
     assert d["decided_by"] == "lightgbm" and d["label"] == "card_arrival" and d["degraded"]
     assert d["reason"].startswith("breaker open")

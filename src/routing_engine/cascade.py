@@ -53,9 +53,13 @@ def _blend(fast: Prediction, slow: Prediction, w: float) -> tuple[str, float, li
 
 def decide(
     fast: Prediction, slow: Prediction | None, ood_sim: float, policy: Policy, *, breaker_open: bool = False,
-    team_of: Callable[[str], str] | None = None,
+    team_of: Callable[[str], str] | None = None, fallback_in_use: bool = True,
 ) -> dict[str, Any]:
-    """The final routing decision for one ticket, with the reason spelled out for the audit trail."""
+    """The final routing decision for one ticket, with the reason spelled out for the audit trail.
+
+    `fallback_in_use=False` (escalation switched off, or no fallback trained): an unsure ticket keeps the fast
+    answer as the normal outcome, not as `degraded` (degraded = the fallback should have answered and did not).
+    """
     ood_sim = float(ood_sim)
     out: dict[str, Any] = {
         "fast": {"label": fast.label, "confidence": float(fast.confidence)},
@@ -78,6 +82,8 @@ def decide(
                     else team_of(label) if team_of else slow.team)
         else:
             label, team, conf = slow.label, slow.team, float(slow.confidence)
+    elif not fallback_in_use:
+        reason = f"below escalate threshold {policy.escalate_below:.2f}; no fallback in use: fast answer"
     else:
         out["degraded"] = True
         reason = ("breaker open: kept fast answer" if breaker_open

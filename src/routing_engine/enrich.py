@@ -135,6 +135,7 @@ class EnrichStage(Stage):
                 outcomes.append(Outcome(entry, apply=self._committer(entry, ticket, out, vec, started, escalate=True)))
                 continue
             d = cascade.decide(pred, None, float(sim), policy, breaker_open=bool(esc),
+                               fallback_in_use=self._has_fallback,
                                team_of=clf.teams.team_of)
             out["enrich"] = enrich_fields(d, fast, None, sim, policy, extra)
             outcomes.append(Outcome(entry, apply=self._committer(entry, ticket, out, vec, started, escalate=False)))

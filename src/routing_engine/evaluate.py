@@ -87,7 +87,8 @@ def evaluate(
         fb_s = time.perf_counter() - t4
         for i, p in zip(fb_idx, preds):
             slow[i] = p
-    decisions = [decide(f, slow[i] if escalate[i] else None, sims[i], policy, team_of=classifier.teams.team_of)
+    decisions = [decide(f, slow[i] if escalate[i] else None, sims[i], policy, team_of=classifier.teams.team_of,
+                        fallback_in_use=fallback is not None)
                  for i, f in enumerate(fast)]
     final = [d["label"] for d in decisions]
     abstain = np.array([d["abstain"] for d in decisions], dtype=bool)
