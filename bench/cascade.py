@@ -253,10 +253,15 @@ def main() -> int:
         report["fallback"] = {"train_rows": int(len(ftr)), "epochs": epochs, "train_seconds": round(fb_fit, 1),
                               "accuracy_fold0": round(float(slow_ok.mean()), 4), "texts_per_s": fb_tps,
                               "ece_calibrated": round(ece(p_slow.max(1), slow_ok), 4),
-                              "holdout_metrics": fb.metrics, "blend_weight": blend}
+                              "holdout_metrics": fb.metrics, "blend_weight": blend,
+                              # rows both models get wrong: no cascade or blend of these two can fix them
+                              "both_wrong_fold0": int(((p_fast.argmax(1) != yt) & ~slow_ok).sum()),
+                              "oracle_accuracy_fold0": round(float(1 - ((p_fast.argmax(1) != yt) & ~slow_ok).mean()), 4)}
         report["cascade"] = table
         print(f"  fallback alone {slow_ok.mean():.4f} on fold 0 ({len(te)} rows), {fb_tps} texts/s, "
               f"trained in {fb_fit:.0f}s; fast path on fold 0 {(p_fast.argmax(1) == yt).mean():.4f}", flush=True)
+        print(f"  both wrong on {report['fallback']['both_wrong_fold0']} rows: no cascade of the two can pass "
+              f"{report['fallback']['oracle_accuracy_fold0']:.4f}", flush=True)
         print(f"\n  escalation  cascade acc  cascade+blend(w={blend})  tickets/s", flush=True)
         for r in table:
             print(f"  {r['escalation_rate']:>9.0%}   {r['accuracy']:.4f}       {r['accuracy_blend']:.4f}"
