@@ -129,3 +129,22 @@ async def test_sigkilled_worker_entries_are_reclaimed_by_another(settings, r, tm
     finally:
         if b:
             b.kill(sig=15)
+
+
+async def test_dedup_reads_other_workers_entries_only_while_they_are_live(settings, r):
+    """A lone dedup worker skips reading its own output back; with a second live consumer it reads again."""
+    from routing_engine.dedup import DedupStage
+    from routing_engine.keys import Keys
+
+    k = Keys(settings.prefix)
+    await r.xgroup_create(k.enriched, "dedup", id="0", mkstream=True)
+    stage = DedupStage(settings, k)
+    await stage.setup(r)
+    # (a consumer appears in the group once a read hands it an entry)
+    await r.xadd(k.enriched, {"data": "{}"})
+    await r.xreadgroup("dedup", "w1", {k.enriched: ">"}, count=1)
+    last = await r.xadd(k.deduped, {"ticket_id": "t-own"})
+    assert await stage._alone() and stage._tail == last.decode()
+    await r.xadd(k.enriched, {"data": "{}"})
+    await r.xreadgroup("dedup", "w2", {k.enriched: ">"}, count=1)  # a second worker starts reading
+    assert not await stage._alone()

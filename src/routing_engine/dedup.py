@@ -25,6 +25,7 @@ from .scripts import Scripts, commit_entry, now_ms
 log = structlog.get_logger("dedup")
 
 NEIGHBOURS = 8  # candidates per ticket: the nearest may be in another category, the next one not
+LIVE_IDLE_MS = 30_000  # a dedup consumer silent this long (and holding nothing) is gone
 
 
 
@@ -44,10 +45,31 @@ class DedupStage(Stage):
         self.scripts = Scripts(r)
         # start the window at now - W on the deduped stream (stream ids are millisecond timestamps)
         self._tail = f"{int((time.time() - self.settings.dedup_window_s) * 1000)}-0"
-        await self._catch_up()
+        await self._catch_up(initial=True)
 
-    async def _catch_up(self) -> None:
+    async def _alone(self) -> bool:
+        """True when this worker is the dedup group's only live consumer: then everything in the deduped
+        stream since its last read is its own and already in its window, so reading it back (embeddings and
+        all) would only cost Redis traffic. The tail jumps to the stream's end instead. A consumer counts as
+        live while it holds pending entries or read within LIVE_IDLE_MS (a worker polls every block_ms)."""
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                pipe.xinfo_consumers(self.keys.enriched, self.name)
+                pipe.xrevrange(self.keys.deduped, count=1)
+                consumers, last = await pipe.execute()
+        except Exception:  # no group yet (first batch races its creation): read as usual
+            return False
+        live = [c for c in consumers if int(c.get("pending", 0)) > 0 or int(c.get("idle", 0)) < LIVE_IDLE_MS]
+        if len(live) != 1:
+            return False
+        if last:
+            self._tail = last[0][0].decode()
+        return True
+
+    async def _catch_up(self, initial: bool = False) -> None:
         """Add tickets other dedup workers grouped since we last looked."""
+        if not initial and await self._alone():
+            return
         while True:
             resp = await self.r.xread({self.keys.deduped: self._tail}, count=5000)
             if not resp:
