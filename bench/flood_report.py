@@ -164,7 +164,8 @@ def table(rep: dict) -> str:
     bs = rep.get("breaker") or {}
     if bs.get("first_open_s") is not None:
         rows.append(("  breaker", f"opened {bs['opened_after_storm_start_s']} s after the first storm began, "
-                                  f"{bs['opened_after_first_late_s']} s after the first escalation ran over budget "
+                                  f"{bs['opened_vs_first_late_s']} s from the first escalation late past budget "
+                                  f"({bs['late_escalations']} late) "
                                   f"({bs['first_open_reason']}); open {bs['open_s']} s, routed "
                                   f"{bs['routed_per_s_while_open']}/s while open vs {bs['routed_per_s_otherwise']}/s "
                                   f"otherwise"))
@@ -182,7 +183,6 @@ def breaker_summary(transitions: list[dict], windows: dict, recs: list[dict], t0
     opens = [b for b in transitions if b.get("state") == "open" and "t" in b]
     after = [b for b in opens if storm_start is None or b["t"] >= storm_start]
     first_late = min(late_at, default=None)
-    after_late = [b for b in opens if first_late is not None and int(b["at"]) >= first_late]
     # open intervals on the epoch-ms clock: from each 'open' to the next transition (or the run's end)
     spans, start = [], None
     for b in sorted((b for b in transitions if b.get("at")), key=lambda b: int(b["at"])):
@@ -203,8 +203,9 @@ def breaker_summary(transitions: list[dict], windows: dict, recs: list[dict], t0
         else None,
         "first_open_reason": after[0].get("reason") if after else None,
         "first_late_escalation_s": round((first_late - t0) / 1000, 2) if first_late is not None else None,
-        "opened_after_first_late_s": round((int(after_late[0]["at"]) - first_late) / 1000, 2) if after_late
-        else None,
+        # negative: it opened before any escalated ticket had waited past the budget
+        "opened_vs_first_late_s": round((int(after[0]["at"]) - first_late) / 1000, 2) if after and first_late
+        is not None else None,
         "late_escalations": len(late_at),
         "open_s": round(open_ms / 1000, 2),
         "routed_per_s_while_open": round(in_open / (open_ms / 1000), 1) if open_ms > 0 else None,

@@ -1,14 +1,18 @@
 -- Circuit breaker around the transformer fallback: one state machine in Redis, updated atomically, so every
 -- worker sees the same state and no read-modify-write race can lose a transition.
--- KEYS: 1 breaker hash, 2 events stream, 3 escalate stream (the fallback's queue; optional)
+-- KEYS: 1 breaker hash, 2 events stream, 3 escalate stream (the fallback's queue; optional),
+--       4.. ingest streams (the enrich stage's input; optional)
 -- ARGV: 1 op (allow | record | state), 2 now_ms, 3 budget_ms, 4 failure_threshold, 5 cooldown_ms,
 --       6 backlog_ms, 7 probe_max, 8 ok (1/0), 9 latency_ms, 10 backlog age ms, 11 error text,
---       12 allow: the fallback's consumer group / record: texts in the batch, 13 allow: texts to escalate now
+--       12 allow: the fallback's consumer group / record: texts in the batch, 13 allow: texts to escalate now,
+--       14 allow: tickets in the enrich batch, 15 allow: the enrich consumer group
 -- allow  -> {1|0, state}: may this batch escalate? Before any answer is late it looks at the fallback's queue:
---           if the oldest waiting escalation is older than backlog_ms, or the queue plus this batch would take
+--           if the oldest waiting escalation is older than backlog_ms, or the escalations pending would take
 --           longer than budget_ms at the fallback's measured rate, it opens at once (so a flood trips it
---           within one enrich batch, not after slow fallback batches finish). open -> half_open after the
---           cooldown; half_open grants probe_max.
+--           within one enrich batch, not after slow fallback batches finish). Pending = waiting in the
+--           escalate stream + this batch + the share (moving average) of the tickets still waiting for enrich
+--           that will escalate: in a flood those are already on their way, and a fallback busy with them takes
+--           CPU from the fast path. open -> half_open after the cooldown; half_open grants probe_max.
 -- record -> {state}: a fallback batch finished: latency over budget or an error counts a failure
 --           (failure_threshold in a row opens); a backlog over backlog_ms opens at once; in half_open one
 --           success closes and one failure reopens. Keeps a moving average of the fallback's texts/s.
@@ -30,22 +34,22 @@ local function transition(to, reason)
   state = to
 end
 
--- The fallback's queue: how many escalations wait (undelivered + in flight) and since when (ms, or nil).
-local function queue()
-  if not KEYS[3] or not ARGV[12] or ARGV[12] == '' then return 0, nil end
-  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[3])
+-- A consumer group's queue: how many entries wait (undelivered + in flight) and since when (ms, or nil).
+local function queue(stream, group)
+  if not stream or not group or group == '' then return 0, nil end
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
   if not ok then return 0, nil end
   for _, g in ipairs(groups) do
     local f = {}
     for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-    if f['name'] == ARGV[12] then
+    if f['name'] == group then
       local pending, lag = tonumber(f['pending']) or 0, tonumber(f['lag']) or 0
       local oldest = nil
       if pending > 0 then
-        local p = redis.call('XPENDING', KEYS[3], ARGV[12])
+        local p = redis.call('XPENDING', stream, group)
         oldest = tonumber(string.match(p[2], '^(%d+)'))
       end
-      local nxt = redis.call('XRANGE', KEYS[3], '(' .. f['last-delivered-id'], '+', 'COUNT', 1)
+      local nxt = redis.call('XRANGE', stream, '(' .. f['last-delivered-id'], '+', 'COUNT', 1)
       if nxt[1] then
         local t = tonumber(string.match(nxt[1][1], '^(%d+)'))
         if not oldest or t < oldest then oldest = t end
@@ -60,20 +64,32 @@ if op == 'allow' then
   if state == 'open' and now - tonumber(redis.call('HGET', B, 'opened_at') or '0') >= tonumber(ARGV[5]) then
     transition('half_open', 'cooldown elapsed: probing')
   end
+  local n, m = tonumber(ARGV[13]) or 0, tonumber(ARGV[14]) or 0
+  local share = tonumber(redis.call('HGET', B, 'share') or '0')
+  if m > 0 then
+    share = share > 0 and (0.9 * share + 0.1 * n / m) or n / m
+    redis.call('HSET', B, 'share', share)
+  end
   if state ~= 'open' then
-    local waiting, oldest = queue()
+    local waiting, oldest = queue(KEYS[3], ARGV[12])
+    local upstream = 0
+    for i = 4, #KEYS do upstream = upstream + queue(KEYS[i], ARGV[15]) end
+    -- this batch was read already, so it is not in the upstream count
+    local coming = math.floor(upstream * share)
+    local pending = waiting + n + coming
     local rate = tonumber(redis.call('HGET', B, 'rate') or '0')
-    local n = tonumber(ARGV[13]) or 0
     local age = oldest and (now - oldest) or 0
-    redis.call('HSET', B, 'queue', waiting, 'queue_age_ms', age)
+    redis.call('HSET', B, 'queue', waiting, 'queue_age_ms', age, 'upstream', upstream)
     if age > tonumber(ARGV[6]) then
       transition('open', 'backlog: oldest escalation waited ' .. math.floor(age) .. 'ms > ' .. ARGV[6] .. 'ms')
-    elseif rate > 0 and (waiting + n) * 1000 / rate > tonumber(ARGV[3]) then
-      transition('open', 'backlog: ' .. (waiting + n) .. ' escalations at ' .. math.floor(rate) ..
-        '/s need ' .. math.floor((waiting + n) * 1000 / rate) .. 'ms > budget ' .. ARGV[3] .. 'ms')
+    elseif rate > 0 and pending * 1000 / rate > tonumber(ARGV[3]) then
+      transition('open', 'backlog: ' .. pending .. ' escalations pending (' .. (waiting + n) .. ' now, ~' ..
+        coming .. ' in the ' .. upstream .. ' tickets before enrich) at ' .. math.floor(rate) ..
+        '/s need ' .. math.floor(pending * 1000 / rate) .. 'ms > budget ' .. ARGV[3] .. 'ms')
     end
   end
   if state == 'closed' then return {1, state} end
+  if n == 0 then return {0, state} end  -- a batch with nothing to escalate must not take the probe slot
   if state == 'half_open' then
     if redis.call('HINCRBY', B, 'probes', 1) <= tonumber(ARGV[7]) then return {1, state} end
     redis.call('HINCRBY', B, 'probes', -1)

@@ -23,28 +23,36 @@ class Breaker:
     """Every worker holding a Breaker on the same key shares one state."""
 
     def __init__(self, r: aioredis.Redis, key: str, events_key: str, policy: BreakerPolicy | None = None,
-                 queue: tuple[str, str] | None = None):
+                 queue: tuple[str, str] | None = None, upstream: tuple[list[str], str] | None = None):
         """`queue` = (escalate stream, fallback group): with it, `allow` opens on the queue's age and size
-        before any late answer comes back."""
+        before any late answer comes back. `upstream` = (ingest streams, enrich group): tickets still waiting
+        for the fast path count too, at the share of them that escalates."""
         self.r = r
         self.key = key
         self.events_key = events_key
         self.policy = policy or BreakerPolicy()
         self.queue = queue
+        self.upstream = upstream
         self._script = r.register_script(lua("breaker"))
 
     async def _call(self, op: str, ok: bool = True, latency_ms: float = 0.0, backlog_ms: float = 0.0, error: str = "",
-                    n: int = 0):
+                    n: int = 0, batch: int = 0):
         p = self.policy
-        keys = [self.key, self.events_key] + ([self.queue[0]] if self.queue else [])
+        keys = [self.key, self.events_key]
+        if self.queue or self.upstream:
+            keys.append(self.queue[0] if self.queue else self.key + ":none")
+        if self.upstream:
+            keys += list(self.upstream[0])
         group = (self.queue[1] if self.queue else "") if op == "allow" else n
         return await self._script(keys=keys, args=[
             op, now_ms(), p.budget_ms, p.failure_threshold, p.cooldown_ms, p.backlog_ms, p.probe_max,
-            int(ok), round(latency_ms, 1), round(backlog_ms, 1), error[:200], group, n])
+            int(ok), round(latency_ms, 1), round(backlog_ms, 1), error[:200], group, n, batch,
+            self.upstream[1] if self.upstream else ""])
 
-    async def allow(self, n: int = 0) -> tuple[bool, str]:
-        """May a batch of `n` escalations go to the fallback? In half-open, only probe_max batches go."""
-        allowed, state = await self._call("allow", n=n)
+    async def allow(self, n: int = 0, batch: int = 0) -> tuple[bool, str]:
+        """May `n` escalations out of an enrich batch of `batch` tickets go to the fallback? In half-open,
+        only probe_max batches go."""
+        allowed, state = await self._call("allow", n=n, batch=batch)
         return bool(allowed), state.decode()
 
     async def record(self, ok: bool, latency_ms: float, backlog_ms: float = 0.0, error: str = "", n: int = 0) -> str:

@@ -30,7 +30,8 @@ def breaker_for(r, settings, keys) -> Breaker:
     s = settings
     return Breaker(r, keys.breaker, keys.events, BreakerPolicy(
         budget_ms=s.breaker_budget_ms, failure_threshold=s.breaker_failures, cooldown_ms=s.breaker_cooldown_ms,
-        backlog_ms=s.breaker_backlog_ms), queue=(keys.escalate, "fallback"))
+        backlog_ms=s.breaker_backlog_ms), queue=(keys.escalate, "fallback"),
+        upstream=([keys.ingest_urgent, keys.ingest], "enrich"))
 
 
 def pred_json(p: Prediction, model: str) -> dict:
@@ -118,7 +119,10 @@ class EnrichStage(Stage):
         tickets = [e.value for e in entries]
         emb, preds, sims, embed_ms, clf_ms = await asyncio.to_thread(self._infer, clf, [t.text for t in tickets])
         want = [self._has_fallback and cascade.should_escalate(p, float(s), policy) for p, s in zip(preds, sims)]
-        allowed, breaker_state = (await self.breaker.allow(sum(want))) if any(want) else (False, None)
+        # every batch reports its escalation share, so the breaker can size what the ingest backlog will bring
+        allowed, breaker_state = await self.breaker.allow(sum(want), len(entries)) if self._has_fallback \
+            else (False, None)
+        allowed = allowed and any(want)
         outcomes = []
         for entry, ticket, vec, pred, sim, esc in zip(entries, tickets, emb, preds, sims, want):
             fast = pred_json(pred, clf.version)
