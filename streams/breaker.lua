@@ -100,11 +100,17 @@ end
 if op == 'record' then
   local lat, age, n = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[12]) or 0
   redis.call('HSET', B, 'last_latency_ms', lat, 'last_backlog_ms', age, 'last_at', now)
-  -- a batch of a few texts is mostly fixed overhead: it would understate the batched rate
-  if ARGV[8] == '1' and n >= 8 and lat > 0 then
+  -- A batch of a few texts is mostly fixed overhead and understates the batched rate: it only counts until
+  -- a batch of 8+ has been measured (a pessimistic rate beats none when the first flood arrives).
+  if ARGV[8] == '1' and n > 0 and lat > 0 then
     local seen = n * 1000 / lat
     local old = tonumber(redis.call('HGET', B, 'rate') or '0')
-    redis.call('HSET', B, 'rate', old > 0 and (0.7 * old + 0.3 * seen) or seen)
+    local sized = redis.call('HGET', B, 'rate_sized') == '1'
+    if n >= 8 then
+      redis.call('HSET', B, 'rate', sized and (0.7 * old + 0.3 * seen) or seen, 'rate_sized', 1)
+    elseif not sized then
+      redis.call('HSET', B, 'rate', old > 0 and (0.7 * old + 0.3 * seen) or seen)
+    end
   end
   if state == 'open' then return {state} end  -- a batch started before the trip: nothing to learn
   if age > tonumber(ARGV[6]) then

@@ -63,7 +63,9 @@ async def test_allow_opens_on_the_queue_before_any_late_answer(r, prefix):
     b = Breaker(r, k.breaker, k.events, POLICY, queue=(k.escalate, "fallback"))
     await r.xgroup_create(k.escalate, "fallback", id="0", mkstream=True)
     assert await b.allow(n=5) == (True, "closed")  # no rate measured yet, empty queue
-    await b.record(True, latency_ms=1000, n=10)  # the fallback serves 10 texts/s
+    await b.record(True, latency_ms=200, n=1)  # 5/s from one text: a first, pessimistic rate
+    assert (await b.state())["rate"] == "5"
+    await b.record(True, latency_ms=1000, n=10)  # a real batch replaces it: the fallback serves 10 texts/s
     await b.record(True, latency_ms=400, n=2)  # 5/s from a 2-text batch, mostly overhead: not a rate sample
     for _ in range(3):
         await r.xadd(k.escalate, {"data": "{}"})
