@@ -4,8 +4,8 @@
 --       4.. ingest streams (the enrich stage's input; optional)
 -- ARGV: 1 op (allow | record | state), 2 now_ms, 3 budget_ms, 4 failure_threshold, 5 cooldown_ms,
 --       6 backlog_ms, 7 probe_max, 8 ok (1/0), 9 latency_ms, 10 backlog age ms, 11 error text,
---       12 allow: the fallback's consumer group / record: texts in the batch, 13 allow: texts to escalate now,
---       14 allow: tickets in the enrich batch, 15 allow: the enrich consumer group
+--       12 the fallback's consumer group, 13 allow: texts to escalate now / record: texts in the batch,
+--       14 allow: tickets in the enrich batch, 15 the enrich consumer group
 -- allow  -> {1|0, state}: may this batch escalate? Before any answer is late it looks at the fallback's queue:
 --           if the oldest waiting escalation is older than backlog_ms, or the escalations pending would take
 --           longer than budget_ms at the fallback's measured rate, it opens at once (so a flood trips it
@@ -98,7 +98,7 @@ if op == 'allow' then
 end
 
 if op == 'record' then
-  local lat, age, n = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[12]) or 0
+  local lat, age, n = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[13]) or 0
   redis.call('HSET', B, 'last_latency_ms', lat, 'last_backlog_ms', age, 'last_at', now)
   -- A batch of a few texts is mostly fixed overhead and understates the batched rate: it only counts until
   -- a batch of 8+ has been measured (a pessimistic rate beats none when the first flood arrives).

@@ -43,10 +43,10 @@ class Breaker:
             keys.append(self.queue[0] if self.queue else self.key + ":none")
         if self.upstream:
             keys += list(self.upstream[0])
-        group = (self.queue[1] if self.queue else "") if op == "allow" else n
         return await self._script(keys=keys, args=[
             op, now_ms(), p.budget_ms, p.failure_threshold, p.cooldown_ms, p.backlog_ms, p.probe_max,
-            int(ok), round(latency_ms, 1), round(backlog_ms, 1), error[:200], group, n, batch,
+            int(ok), round(latency_ms, 1), round(backlog_ms, 1), error[:200],
+            self.queue[1] if self.queue else "", n, batch,
             self.upstream[1] if self.upstream else ""])
 
     async def allow(self, n: int = 0, batch: int = 0) -> tuple[bool, str]:
