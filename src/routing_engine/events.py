@@ -147,7 +147,8 @@ class Hub:
         self.dropped_total = 0
         self.teams: set[str] = set()
         self.group_hits: collections.deque = collections.deque()  # (second, gid) of grouped/grew/opened events
-        self.classified: collections.deque = collections.deque()  # (second, escalated?) per classification event
+        # second -> [ticket.classified, ticket.escalated] counts: per-second buckets stay small in a flood
+        self.classified: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0])
         self.samples: dict[str, str] = {}
         self.last_flood: dict | None = None
         self.last_queues: dict | None = None
@@ -216,7 +217,7 @@ class Hub:
             if g:
                 self.group_hits.append((ts_ms // 1000, g.decode()))
         elif etype in ("ticket.escalated", "ticket.classified"):
-            self.classified.append((ts_ms // 1000, etype == "ticket.escalated"))
+            self.classified[ts_ms // 1000][etype == "ticket.escalated"] += 1
         elif etype in ("ticket.queued", "ticket.assigned", "ticket.attached"):
             t = fields.get(b"team")
             if t:
@@ -225,10 +226,10 @@ class Hub:
     def escalation_rate(self, now_s: int, window_s: int = 60) -> float | None:
         """Share of tickets sent to the fallback in the last minute. An escalated ticket emits
         ticket.escalated and later ticket.classified; every other ticket emits only ticket.classified."""
-        while self.classified and self.classified[0][0] < now_s - window_s:
-            self.classified.popleft()
-        tickets = sum(1 for _, esc in self.classified if not esc)
-        escalated = sum(1 for _, esc in self.classified if esc)
+        for s in [s for s in self.classified if s < now_s - window_s]:
+            del self.classified[s]
+        tickets = sum(c[0] for c in self.classified.values())
+        escalated = sum(c[1] for c in self.classified.values())
         return round(min(1.0, escalated / tickets), 4) if tickets else None
 
     def _clusters(self, now_s: int, window_s: int = 60, top: int = 5) -> list[tuple[str, int]]:
