@@ -162,13 +162,16 @@ def table(rep: dict) -> str:
                                  f"{len(rep['breaker_transitions'])} breaker transitions"),
     ]
     bs = rep.get("breaker") or {}
-    if bs.get("first_open_s") is not None:
-        rows.append(("  breaker", f"opened {bs['opened_after_storm_start_s']} s after the first storm began, "
-                                  f"{bs['opened_vs_first_late_s']} s from the first escalation late past budget "
-                                  f"({bs['late_escalations']} late) "
-                                  f"({bs['first_open_reason']}); open {bs['open_s']} s, routed "
-                                  f"{bs['routed_per_s_while_open']}/s while open vs {bs['routed_per_s_otherwise']}/s "
-                                  f"otherwise"))
+    if bs.get("open_s"):
+        when = (f"first opened {bs['opened_after_storm_start_s']} s after the first storm began"
+                if bs.get("opened_after_storm_start_s") is not None else "opened")
+        late = (f"{bs['opened_vs_first_late_s']} s from the first escalation late past budget"
+                if bs.get("opened_vs_first_late_s") is not None else "no escalation late before it")
+        rows.append(("  breaker", f"{when}, {late} ({bs['late_escalations']} late in all); open {bs['open_s']} s, "
+                                  f"routed {bs['routed_per_s_while_open']}/s while open vs "
+                                  f"{bs['routed_per_s_otherwise']}/s otherwise"))
+        if bs.get("first_open_reason"):
+            rows.append(("  why", bs["first_open_reason"]))
     w = max(len(k) for k, _ in rows)
     line = "-" * (w + 60)
     return "\n".join([line] + [f"{k:<{w}}  {v}" for k, v in rows] + [line])
