@@ -125,13 +125,12 @@ class Classifier:
             if self.linear is None:
                 raise RuntimeError(f"model {self.version} pools a logistic regression but its arrays.npz is missing")
             raw = _pool(raw, emb @ self.linear[0] + self.linear[1], w)
-        a = float(self.meta.get("lexical_weight") or 0.0)
-        if a > 0:
+        if self.needs_texts:
             if self.lexical is None:
                 raise RuntimeError(f"model {self.version} pools a lexical model but its {LEXICAL_FILE} is missing")
             if texts is None or len(texts) != len(emb):
                 raise ValueError(f"model {self.version} needs the ticket texts as well as their embeddings")
-            raw = _pool(raw, self.lexical.logits(texts), a)
+            raw = _pool(raw, self.lexical.logits(texts), float(self.meta["lexical_weight"]))
         return raw
 
     def predict_proba(self, emb: np.ndarray, texts: Sequence[str] | None = None, *,
