@@ -25,9 +25,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from routing_engine.cascade import policy_for_precision  # noqa: E402
-from routing_engine.classifier import _split, ece, read_labelled, train_on_embeddings  # noqa: E402
-from routing_engine.embedder import shared_embedder  # noqa: E402
+from routing_engine.models.calibration import ece  # noqa: E402
+from routing_engine.models.cascade import policy_for_precision  # noqa: E402
+from routing_engine.models.data import read_labelled  # noqa: E402
+from routing_engine.models.data import stratified_split as _split  # noqa: E402
+from routing_engine.models.embedder import shared_embedder  # noqa: E402
+from routing_engine.models.training import train_on_embeddings  # noqa: E402
 
 DATA = REPO.parent / "shared" / "datasets"
 OUT = REPO / "bench" / "out" / "cascade.json"
@@ -44,7 +47,7 @@ def embed(texts: list[str], embedder) -> np.ndarray:
     path = CACHE / f"{embedder.name}-{h.hexdigest()[:24]}.npy"
     if path.exists():
         return np.load(path)
-    from routing_engine.classifier import embed_texts
+    from routing_engine.models.embedder import embed_texts
 
     X = embed_texts(texts, embedder, progress=True)
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -218,7 +221,7 @@ def main() -> int:
           f"(embed {embed_tps}/s, LightGBM {clf_tps}/s)", flush=True)
 
     if not a.skip_fallback:
-        from routing_engine.fallback import train_fallback
+        from routing_engine.models.finetune import train_fallback
 
         ftr = tr
         if fb_rows and len(tr) > fb_rows:

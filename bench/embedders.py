@@ -20,9 +20,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from routing_engine.classifier import train_on_embeddings  # noqa: E402
+from routing_engine.models.training import train_on_embeddings  # noqa: E402
 from routing_engine.config import Settings  # noqa: E402
-from routing_engine.embedder import make_embedder  # noqa: E402
+from routing_engine.models.embedder import make_embedder  # noqa: E402
 from measure_tau import pair_table  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 DATA = ROOT.parent / "shared" / "datasets" / "banking77" / "train.csv"

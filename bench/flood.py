@@ -45,16 +45,16 @@ REC_FIELDS = ("status", "category", "team", "group", "incident", "alert", "recei
 
 
 def stage_names() -> list[str]:
-    """Every pipeline stage the CLI knows except the alert sender (a stage added later, like an escalation
-    fallback, is picked up here, so its tickets are not left waiting)."""
-    from routing_engine.cli import STAGES
+    """Every stage a ticket passes on its way to routed (the registry's, so a stage added later, like an
+    escalation fallback, is picked up here and its tickets are not left waiting)."""
+    from routing_engine.service import PIPELINE_STAGES
 
-    return [n for n in STAGES if n != "alerts"]
+    return list(PIPELINE_STAGES)
 
 
 def stage_streams(settings) -> list[tuple[str, str]]:
     """(input stream, consumer group) per stage."""
-    from routing_engine.cli import build_stages
+    from routing_engine.service import build_stages
 
     return [(st.input, st.name) for st in build_stages(stage_names(), settings)]
 
@@ -98,7 +98,7 @@ def naive_baseline(planned: list, embedder, clf, tau: float, window_s: float, ur
                    budget_s: float = float("inf")) -> dict:
     """The same tickets one at a time: embed 1 text, classify it, cosine against every vector in the window
     (numpy brute force), join the best neighbour's group if >= tau. No Redis, no batching."""
-    from routing_engine import urgency
+    from routing_engine.domain import urgency
 
     n = len(planned)
     vecs = np.zeros((n, embedder.dim), dtype=np.float32)
@@ -141,7 +141,8 @@ def naive_baseline(planned: list, embedder, clf, tau: float, window_s: float, ur
 def unseen_rows(model_path: Path) -> tuple[set[str] | None, str]:
     """Texts the model never trained on: the holdout of its own split, when it was trained on the very file
     the scenario draws from (BANKING77 train). Accuracy on the other texts is in-sample."""
-    from routing_engine.classifier import _split, read_labelled
+    from routing_engine.models.data import read_labelled
+    from routing_engine.models.data import stratified_split as _split
 
     meta = json.loads((model_path / "meta.json").read_text())
     src = meta.get("training_data")
@@ -181,9 +182,8 @@ class Engine:
         self.procs: list[subprocess.Popen] = []
         self.logs = []
         self.url = None
-        self._stop = asyncio.Event()
         self._task = None
-        self._runner = None
+        self._inproc = None  # service.running(...) when the stages and API run in this process
 
     def _env(self, threads: int | None) -> dict:
         env = dict(os.environ)
@@ -207,38 +207,31 @@ class Engine:
                                            env=self._env(threads), stdout=log, stderr=subprocess.STDOUT))
 
     async def __aenter__(self):
-        from routing_engine.agents import load_agents_file
-        from routing_engine.keys import Keys
+        from routing_engine import service
+        from routing_engine.infra.agents import load_agents_file
+        from routing_engine.infra.keys import Keys
 
         k = Keys(self.s.prefix)
         self.agents = await load_agents_file(self.r, k, self.o.agents_file)
         n = self.o.workers
+        http = self.o.door == "http"
         if n == 0:
-            from routing_engine.cli import build_stages
-            from routing_engine.runtime import run_stages
-
-            self._task = asyncio.create_task(run_stages(
-                self.r, build_stages(stage_names(), self.s), "bench-inproc", self._stop))
+            self._inproc = service.running(self.s, self.r, stages=stage_names(), consumer="bench-inproc", api=http,
+                                           host="127.0.0.1", port=0, agents_file=self.o.agents_file)
+            run = await self._inproc.__aenter__()
+            self._task = run.task
             names = ["bench-inproc"]
+            if http:
+                self.url = f"http://127.0.0.1:{run.port}"
         else:
             threads = max(1, (os.cpu_count() or 1) // n) if n > 1 else None
             names = [f"bench-w{i}" for i in range(n)]
             for name in names:
                 self._spawn(["worker", "--stages", ",".join(stage_names()), "--name", name], name, threads)
-        if self.o.door == "http":
-            port = _free_port()
-            self.url = f"http://127.0.0.1:{port}"
-            if n == 0:
-                from aiohttp import web
-
-                from routing_engine.api import make_app
-
-                self._runner = web.AppRunner(make_app(self.s, self.r), access_log=None)
-                await self._runner.setup()
-                await web.TCPSite(self._runner, "127.0.0.1", port).start()
-            else:
-                env_port = ["api", "--host", "127.0.0.1", "--port", str(port)]
-                self._spawn(env_port, "api", None)
+            if http:
+                port = _free_port()
+                self.url = f"http://127.0.0.1:{port}"
+                self._spawn(["api", "--host", "127.0.0.1", "--port", str(port)], "api", None)
         await self._wait_ready(k, names)
         return self
 
@@ -251,7 +244,7 @@ class Engine:
                 if p.poll() is not None:
                     tail = Path(self.logs[self.procs.index(p)].name).read_text(errors="replace")[-2000:]
                     raise SystemExit(f"a bench process exited with {p.returncode} during start:\n{tail}")
-            if self._task is not None and self._task.done():
+            if self._inproc is not None and self._task is not None and self._task.done():
                 self._task.result()
             joined = 0
             for stream, group in streams:
@@ -270,11 +263,8 @@ class Engine:
             await asyncio.sleep(0.25)
 
     async def __aexit__(self, *exc):
-        self._stop.set()
-        if self._task is not None:
-            await asyncio.wait_for(asyncio.gather(self._task, return_exceptions=True), 30)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._inproc is not None:
+            await asyncio.wait_for(self._inproc.__aexit__(*exc), 30)
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -603,15 +593,15 @@ async def run_flood(scenario, planned: list, settings, opts: Options, embedder=N
     then measure the naive baseline on the same tickets. Returns the report dict."""
     import redis.asyncio as aioredis
 
-    from routing_engine.classifier import Classifier, latest_model
-    from routing_engine.keys import Keys
+    from routing_engine.infra.keys import Keys
+    from routing_engine.models.classifier import Classifier, latest_model
 
     k = Keys(settings.prefix)
     model_path = latest_model(settings.models_path)
     anchors: dict = {}
     if opts.ceiling or opts.baseline:
         if embedder is None:
-            from routing_engine.embedder import shared_embedder
+            from routing_engine.models.embedder import shared_embedder
 
             embedder = shared_embedder()
     if opts.ceiling:
@@ -711,8 +701,8 @@ def plan(args, scenario, rows, embedder) -> tuple[list, float | None]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("ROUTING_LOG_LEVEL", "warning")
-    from routing_engine.cli import ensure_model
     from routing_engine.config import Settings
+    from routing_engine.service import ensure_model
     from routing_engine.logs import setup_logging
 
     setup_logging("console", "warning")
@@ -723,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         scenario.seed = args.seed
     rows = sc_mod.load_rows(scenario.data)
     ensure_model(settings)  # trains the default model on first use (and says so)
-    from routing_engine.embedder import shared_embedder
+    from routing_engine.models.embedder import shared_embedder
 
     embedder = shared_embedder()
     planned, capacity = plan(args, scenario, rows, embedder)

@@ -14,7 +14,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from routing_engine.embedder import Embedder  # noqa: E402
+from routing_engine.models.minilm import Embedder  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets"
 OUT = ROOT / "bench" / "out" / "tau.json"

@@ -5,7 +5,7 @@
 -- ARGV: 1 op (allow | record | state), 2 now_ms, 3 budget_ms, 4 failure_threshold, 5 cooldown_ms,
 --       6 backlog_ms, 7 probe_max, 8 ok (1/0), 9 latency_ms, 10 backlog age ms, 11 error text,
 --       12 the fallback's consumer group, 13 allow: texts to escalate now / record: texts in the batch,
---       14 allow: tickets in the enrich batch, 15 the enrich consumer group
+--       14 allow: tickets in the enrich batch, 15 the enrich consumer group, 16 events maxlen
 -- allow  -> {1|0, state}: may this batch escalate? Before any answer is late it looks at the fallback's queue:
 --           if the oldest waiting escalation is older than backlog_ms, or the escalations pending would take
 --           longer than budget_ms at the fallback's measured rate, it opens at once (so a flood trips it
@@ -28,7 +28,7 @@ local function transition(to, reason)
   if to == 'half_open' then redis.call('HSET', B, 'probes', 0) end
   if to == 'closed' then redis.call('HSET', B, 'failures', 0, 'probes', 0) end
   redis.call('HINCRBY', B, 'transitions', 1)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'type', 'breaker.state', 'state', to, 'from', state,
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[16], '*', 'type', 'breaker.state', 'state', to, 'from', state,
     'reason', reason, 'latency_ms', redis.call('HGET', B, 'last_latency_ms') or '0', 'budget_ms', ARGV[3],
     'at', now)
   state = to

@@ -1,10 +1,12 @@
 -- A stage's effectively-once commit for one entry: record update + next-stream entry + XACK, atomically.
 -- A redelivered entry whose stage already committed is only acked, so a reclaimed entry never runs twice.
--- KEYS: 1 input stream, 2 output stream, 3 record, 4 idx:all, 5 idx:status:<new status>, 6 events stream
--- ARGV: 1 group, 2 entry id, 3 stage, 4 new status, 5 now_ms, 6 maxlen, 7 ttl_s, 8 ticket_id,
---       9 output JSON ('' = no output), 10 embedding bytes ('' = none), 11 owner stream id ('' = no check),
---       12 key prefix (for the old status index), 13 event type, 14 event JSON,
---       15.. record field/value pairs
+-- The runtime supplies KEYS[1], ARGV[1] and ARGV[2] (the entry it read); the stage supplies the rest.
+-- KEYS: 1 input stream, 2 output stream, 3 record, 4 idx:all, 5 events stream,
+--       6.. one status index per status, in the order of ARGV[15]
+-- ARGV: 1 group, 2 entry id, 3 stage, 4 new status, 5 now_ms, 6 stream maxlen, 7 events maxlen, 8 ttl_s,
+--       9 ticket_id, 10 output JSON ('' = no output), 11 embedding bytes ('' = none),
+--       12 owner stream id ('' = no check), 13 event type ('' = none), 14 event JSON,
+--       15 statuses (comma list), 16.. record field/value pairs
 -- Returns 1 committed, 0 already committed (acked only), -1 ticket id owned by another entry (duplicate).
 local rec = KEYS[3]
 local done = 'done:' .. ARGV[3]
@@ -12,39 +14,45 @@ if redis.call('HEXISTS', rec, done) == 1 then
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
   return 0
 end
-if ARGV[11] ~= '' then
+local index = {}
+local i = 6
+for s in string.gmatch(ARGV[15], '[^,]+') do
+  index[s] = KEYS[i]
+  i = i + 1
+end
+if ARGV[12] ~= '' then
   -- stream door: the first entry to claim a client-supplied id owns it; later ones are duplicates
   local owner = redis.call('HGET', rec, 'stream_id')
-  if owner and owner ~= ARGV[11] then
+  if owner and owner ~= ARGV[12] then
     redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
     return -1
   end
   if not owner then
     -- received = when the entry reached the ingest stream (its id's millisecond part)
-    local received = string.match(ARGV[11], '^(%d+)')
-    redis.call('HSET', rec, 'stream_id', ARGV[11], 'received_at', received, 'ticket_id', ARGV[8])
-    redis.call('ZADD', KEYS[4], received, ARGV[8])
+    local received = string.match(ARGV[12], '^(%d+)')
+    redis.call('HSET', rec, 'stream_id', ARGV[12], 'received_at', received, 'ticket_id', ARGV[9])
+    redis.call('ZADD', KEYS[4], received, ARGV[9])
   end
 end
 local old = redis.call('HGET', rec, 'status')
-if old and old ~= ARGV[4] then
-  redis.call('ZREM', ARGV[12] .. ':idx:status:' .. old, ARGV[8])
+if old and old ~= ARGV[4] and index[old] then
+  redis.call('ZREM', index[old], ARGV[9])
 end
-redis.call('ZADD', KEYS[5], ARGV[5], ARGV[8])
+redis.call('ZADD', index[ARGV[4]], ARGV[5], ARGV[9])
 redis.call('HSET', rec, done, ARGV[2], 'status', ARGV[4])
-for i = 15, #ARGV, 2 do
-  redis.call('HSET', rec, ARGV[i], ARGV[i + 1])
+for j = 16, #ARGV, 2 do
+  redis.call('HSET', rec, ARGV[j], ARGV[j + 1])
 end
-redis.call('EXPIRE', rec, ARGV[7])
-if ARGV[9] ~= '' then
-  if ARGV[10] ~= '' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'data', ARGV[9], 'emb', ARGV[10], 'ticket_id', ARGV[8])
+redis.call('EXPIRE', rec, ARGV[8])
+if ARGV[10] ~= '' then
+  if ARGV[11] ~= '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'data', ARGV[10], 'emb', ARGV[11], 'ticket_id', ARGV[9])
   else
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'data', ARGV[9], 'ticket_id', ARGV[8])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'data', ARGV[10], 'ticket_id', ARGV[9])
   end
 end
 if ARGV[13] ~= '' then
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', 100000, '*', 'type', ARGV[13], 'ticket_id', ARGV[8], 'data', ARGV[14])
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'type', ARGV[13], 'ticket_id', ARGV[9], 'data', ARGV[14])
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 return 1

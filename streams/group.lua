@@ -2,7 +2,7 @@
 -- Alerts go to the alerts stream here, inside the commit, so none is lost or sent twice by a crash.
 -- KEYS: 1 record, 2 group hash, 3 group members list, 4 incidents zset, 5 alerts stream, 6 events stream
 -- ARGV: 1 ticket_id, 2 group id, 3 now_ms, 4 K, 5 urgent (1/0), 6 alert JSON (ticket summary),
---       7 ttl_s, 8 team, 9 sample text, 10 stream maxlen
+--       7 ttl_s, 8 team, 9 sample text, 10 stream maxlen, 11 events maxlen
 -- Returns {group size, incident (0/1), alert: none|sent|suppressed|incident}
 local rec = KEYS[1]
 if redis.call('HEXISTS', rec, 'done:dedup') == 1 then
@@ -42,5 +42,5 @@ elseif urgent then
 end
 local inc = incident and 1 or 0
 redis.call('HSET', rec, 'group', ARGV[2], 'group_size', n, 'incident', inc, 'alert', alert)
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', 100000, '*', 'type', evt, 'ticket_id', ARGV[1], 'group', ARGV[2], 'size', n)
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[11], '*', 'type', evt, 'ticket_id', ARGV[1], 'group', ARGV[2], 'size', n)
 return {n, inc, alert}

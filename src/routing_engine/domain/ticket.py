@@ -1,0 +1,122 @@
+"""The ticket contract: validate input from either door (HTTP or stream) into one Ticket shape."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import orjson
+
+from ..errors import InvalidTicket
+from .schemas import validator
+
+
+# Every status a ticket record can hold, in pipeline order (each has its own index for GET /v1/tickets?status=).
+STATUSES = ("received", "escalated", "enriched", "grouped", "assigned", "queued", "attached", "resolved", "dead")
+
+
+@dataclass
+class Ticket:
+    ticket_id: str
+    subject: str = ""
+    body: str = ""
+    customer: str | None = None
+    channel: str | None = None
+    created_at: str | None = None
+    metadata: dict = field(default_factory=dict)
+    client_id: bool = False  # True when the id came from the client (an idempotency key)
+
+    @property
+    def text(self) -> str:
+        return f"{self.subject}\n{self.body}".strip()
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "Ticket":
+        return cls(**orjson.loads(raw))
+
+
+def _field(err) -> str:
+    path = ".".join(str(p) for p in err.absolute_path)
+    if err.validator == "required":
+        return err.message.split("'")[1]
+    if err.validator == "additionalProperties":
+        extra = err.message.split("'")
+        return extra[1] if len(extra) > 1 else path or "(root)"
+    return path or "(root)"
+
+
+def _is_datetime(value: str) -> bool:
+    # jsonschema only checks "format" when an optional package is present; check it here either way
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return "T" in value or " " in value
+    except ValueError:
+        return False
+
+
+def validate(obj, max_text_chars: int = 20_000, ticket_id: str | None = None) -> Ticket:
+    """Check one decoded JSON value against streams/ticket.schema.json plus the rules JSON Schema can't say."""
+    if not isinstance(obj, dict):
+        raise InvalidTicket([{"field": "(root)", "problem": f"expected a JSON object, got {type(obj).__name__}"}])
+    errors = sorted(validator("ticket").iter_errors(obj), key=lambda e: list(e.absolute_path))
+    problems = []
+    for err in errors:
+        if err.validator == "anyOf" and not err.absolute_path:
+            problems.append({"field": "subject", "problem": "missing text: give a non-empty subject or body"})
+        else:
+            problems.append({"field": _field(err), "problem": err.message})
+    created = obj.get("created_at")
+    if isinstance(created, str) and not _is_datetime(created):
+        problems.append({"field": "created_at", "problem": f"{created!r} is not an ISO 8601 date-time"})
+    if not problems:
+        subject, body = obj.get("subject", ""), obj.get("body", "")
+        if not (subject.strip() or body.strip()):
+            problems.append({"field": "subject", "problem": "missing text: subject and body are both blank"})
+        elif len(subject) + len(body) > max_text_chars:
+            problems.append({"field": "body", "problem": f"text longer than {max_text_chars} characters"})
+    if problems:
+        raise InvalidTicket(problems)
+    client_id = obj.get("id")
+    return Ticket(
+        ticket_id=client_id or ticket_id or uuid.uuid4().hex[:16],
+        subject=obj.get("subject", ""),
+        body=obj.get("body", ""),
+        customer=obj.get("customer"),
+        channel=obj.get("channel"),
+        created_at=obj.get("created_at"),
+        metadata=obj.get("metadata") or {},
+        client_id=bool(client_id),
+    )
+
+
+def from_stream_entry(entry_id: str, fields: dict[bytes, bytes], max_text_chars: int = 20_000,
+                      id_prefix: str = "s") -> Ticket:
+    """Stream door. Accepts `data=<ticket JSON>` (the contract) or flat fields (handy from redis-cli).
+
+    An entry without a client id gets one derived from its stream id, so a redelivery maps to the same ticket.
+    """
+    derived = id_prefix + entry_id.replace("-", "_")
+    if b"data" in fields:
+        try:
+            obj = orjson.loads(fields[b"data"])
+        except orjson.JSONDecodeError as exc:
+            raise InvalidTicket([{"field": "data", "problem": f"not valid JSON: {exc}"}]) from None
+    else:
+        try:
+            obj = {k.decode(): v.decode() for k, v in fields.items() if k != b"ticket_id"}
+        except UnicodeDecodeError:
+            raise InvalidTicket([{"field": "(entry)", "problem": "fields are not UTF-8 text"}]) from None
+        if "metadata" in obj:
+            try:
+                obj["metadata"] = orjson.loads(obj["metadata"])
+            except orjson.JSONDecodeError:
+                raise InvalidTicket([{"field": "metadata", "problem": "not valid JSON"}]) from None
+    ticket = validate(obj, max_text_chars, ticket_id=derived)
+    if b"ticket_id" in fields and not ticket.client_id:
+        # written by our HTTP door, which already chose the id
+        ticket.ticket_id = fields[b"ticket_id"].decode()
+    return ticket

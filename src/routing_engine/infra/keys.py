@@ -1,0 +1,111 @@
+"""Names of every Redis key and stream, in one place.
+
+All keys share one hash tag ({prefix}) so the Lua scripts that touch several of them stay atomic
+on Redis Cluster too; a second pipeline (another prefix) lands on another slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..domain.ticket import STATUSES
+
+# The live feed is for watching, not an archive: ~100k entries is hours of a busy pipeline and a few tens of MB.
+EVENTS_MAXLEN = 100_000
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "re"
+
+    @property
+    def base(self) -> str:
+        return "{" + self.prefix + "}"
+
+    # streams, in pipeline order
+    @property
+    def ingest(self) -> str:
+        return f"{self.base}:ingest"
+
+    @property
+    def ingest_urgent(self) -> str:
+        """Priority lane: the enrich stage takes what waits here before the ingest stream."""
+        return f"{self.base}:ingest:urgent"
+
+    @property
+    def enriched(self) -> str:
+        return f"{self.base}:enriched"
+
+    @property
+    def deduped(self) -> str:
+        return f"{self.base}:deduped"
+
+    @property
+    def routed(self) -> str:
+        return f"{self.base}:routed"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.base}:alerts"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.base}:dead"
+
+    @property
+    def events(self) -> str:
+        return f"{self.base}:events"
+
+    def ticket(self, ticket_id: str) -> str:
+        return f"{self.base}:t:{ticket_id}"
+
+    @property
+    def idx_all(self) -> str:
+        return f"{self.base}:idx:all"
+
+    def idx_status(self, status: str) -> str:
+        return f"{self.base}:idx:status:{status}"
+
+    @property
+    def idx_statuses(self) -> list[str]:
+        """Every status index, in STATUSES order: scripts that move a ticket between statuses get all of them."""
+        return [self.idx_status(s) for s in STATUSES]
+
+    @property
+    def agents(self) -> str:
+        return f"{self.base}:agents"
+
+    def agent(self, agent_id: str) -> str:
+        return f"{self.base}:agent:{agent_id}"
+
+    def queue(self, team: str) -> str:
+        return f"{self.base}:queue:{team}"
+
+    def group(self, gid: str) -> str:
+        return f"{self.base}:g:{gid}"
+
+    def members(self, gid: str) -> str:
+        return f"{self.base}:g:{gid}:m"
+
+    @property
+    def incidents(self) -> str:
+        return f"{self.base}:incidents"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.base}:stats"
+
+    def fails(self, stage: str) -> str:
+        return f"{self.base}:fails:{stage}"
+
+    @property
+    def escalate(self) -> str:
+        return f"{self.base}:escalate"
+
+    @property
+    def breaker(self) -> str:
+        return f"{self.base}:breaker:fallback"
+
+    @property
+    def model(self) -> str:
+        return f"{self.base}:model"

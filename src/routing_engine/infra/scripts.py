@@ -1,0 +1,110 @@
+"""The Lua scripts of streams/, registered on a client, and the one place that lays out their KEYS and ARGV.
+
+Every key a script touches arrives in KEYS (Redis Cluster requires it; all of a pipeline's keys share one hash
+tag, so they live on one slot). Scripts that commit a stage's entry also XACK it, so that a failing script
+never acknowledges its input: the runtime prepends the entry's stream to KEYS and its group and id to ARGV.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+
+import orjson
+import redis.asyncio as aioredis
+
+from ..config import Settings
+from ..domain.ticket import STATUSES
+from ..resources import streams_dir
+from .keys import EVENTS_MAXLEN, Keys
+
+SCRIPT_NAMES = ("ingest", "commit", "group", "route", "resolve", "resolve_incident", "mark_dead")
+STATUS_LIST = ",".join(STATUSES)
+
+
+@functools.cache
+def lua(name: str) -> str:
+    return (streams_dir() / f"{name}.lua").read_text()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Write:
+    """One command a stage wants committed for an entry: a script by name, or a plain Redis command.
+
+    `acks=True`: the script commits the entry itself (effectively once) and XACKs it; the runtime adds the
+    entry's stream as KEYS[1] and its group and id as ARGV[1], ARGV[2]. An outcome with no acking write is
+    XACKed by the runtime in the same transaction.
+    """
+
+    script: str | None = None
+    keys: list = field(default_factory=list)
+    args: list = field(default_factory=list)
+    acks: bool = False
+    command: tuple = ()
+
+    @classmethod
+    def cmd(cls, *command) -> "Write":
+        return cls(command=command)
+
+
+class Scripts:
+    """The registered scripts of one client, and builders for their calls."""
+
+    def __init__(self, r: aioredis.Redis, settings: Settings, keys: Keys):
+        self.s, self.k = settings, keys
+        self._by_name = {name: r.register_script(lua(name)) for name in SCRIPT_NAMES}
+
+    def __getitem__(self, name: str):
+        return self._by_name[name]
+
+    async def call(self, name: str, keys: list, args: list, client=None):
+        return await self._by_name[name](keys=keys, args=args, client=client)
+
+    # ---- stage commits (the runtime adds the entry; see Write)
+
+    def commit(self, *, stage: str, status: str, ticket_id: str, output_stream: str, data: bytes = b"",
+               emb: bytes = b"", owner: str = "", event: str = "", event_data: bytes = b"",
+               record: dict | None = None) -> Write:
+        """commit.lua: record fields, the next stream's entry, an event, all with the entry's XACK."""
+        flat: list = []
+        for key, value in (record or {}).items():
+            flat += [key, value]
+        k, s = self.k, self.s
+        return Write("commit", acks=True,
+                     keys=[output_stream, k.ticket(ticket_id), k.idx_all, k.events, *k.idx_statuses],
+                     args=[stage, status, now_ms(), s.stream_maxlen, EVENTS_MAXLEN, s.ticket_ttl_s, ticket_id,
+                           data, emb, owner, event, event_data, STATUS_LIST, *flat])
+
+    def group(self, *, ticket_id: str, gid: str, urgent: bool, alert: dict, team: str, sample: str) -> Write:
+        """group.lua: the ticket joins group `gid`; the group may open a master incident and raise an alert."""
+        k, s = self.k, self.s
+        return Write("group",
+                     keys=[k.ticket(ticket_id), k.group(gid), k.members(gid), k.incidents, k.alerts, k.events],
+                     args=[ticket_id, gid, now_ms(), s.incident_k, int(urgent), orjson.dumps(alert),
+                           s.ticket_ttl_s, team, sample, s.stream_maxlen, EVENTS_MAXLEN])
+
+    def route(self, *, ticket_id: str, team: str, gid: str, urgency: float, summary: dict,
+              agent_ids: list[str]) -> Write:
+        """route.lua: assign, attach or queue the ticket; `agent_ids` are every agent known now."""
+        k, s = self.k, self.s
+        return Write("route", acks=True,
+                     keys=[k.routed, k.ticket(ticket_id), k.queue(team), k.group(gid), k.events, *k.idx_statuses,
+                           *(k.agent(a) for a in agent_ids)],
+                     args=[ticket_id, team, urgency, now_ms(), s.stream_maxlen, EVENTS_MAXLEN, s.ticket_ttl_s,
+                           orjson.dumps(summary), STATUS_LIST, *agent_ids])
+
+    # ---- calls made directly (doors, operator actions, the runtime's dead letters)
+
+    def ingest(self, *, ticket_id: str, ticket_json: bytes, lane: str, client=None):
+        k, s = self.k, self.s
+        return self.call("ingest", [k.ticket(ticket_id), lane, k.idx_all, k.idx_status("received"), k.events],
+                         [ticket_id, ticket_json, now_ms(), s.stream_maxlen, s.ticket_ttl_s, EVENTS_MAXLEN], client)
+
+    def mark_dead(self, *, ticket_id: str, reason: str, at_ms: int, client=None):
+        return self.call("mark_dead", [self.k.ticket(ticket_id), *self.k.idx_statuses],
+                         [reason, at_ms, ticket_id, STATUS_LIST], client)

@@ -1,0 +1,110 @@
+"""Fallback stage: the transformer classifies the escalated tickets, in batches, behind the circuit breaker.
+
+While the breaker is open, escalated tickets already waiting pass straight through with the fast answer
+(marked degraded), so the backlog drains at the fast path's rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import structlog
+
+from ..domain.messages import Enriched
+from ..infra.breaker import Breaker
+from ..infra.runtime import Entry, Outcome, Stage, StageContext
+from ..infra.scripts import now_ms
+from ..models import cascade
+from ..models.fallback import FallbackModel, latest_fallback
+from ..models.prediction import Prediction
+from .enrich import classified_event
+
+log = structlog.get_logger("fallback")
+
+# Trail fields the fast path wrote that stay on the ticket after the fallback decided.
+KEPT = ("urgency", "urgency_features", "urgent", "embedder", "batch", "embed_ms", "classify_ms")
+
+
+class FallbackStage(Stage):
+    name = "fallback"
+
+    def __init__(self, settings, keys, model: FallbackModel | None = None):
+        super().__init__(settings, keys)
+        self.input = keys.escalate
+        self.model = model
+        self._checked = 0.0
+
+    async def setup(self, ctx: StageContext) -> None:
+        self.scripts = ctx.scripts
+        self.breaker = Breaker.for_fallback(ctx.r, self.settings, self.keys)
+        await self._maybe_reload(force=True)
+
+    async def _maybe_reload(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._checked < self.settings.model_reload_s:
+            return
+        self._checked = time.monotonic()
+        path = latest_fallback(self.settings.models_path)
+        if path is not None and (self.model is None or path.name != self.model.version):
+            try:
+                fresh = await asyncio.to_thread(FallbackModel.load, path)
+            except Exception as exc:
+                log.warning("fallback.load_failed", path=str(path), error=str(exc))
+                return
+            log.info("fallback.loaded", version=fresh.version)
+            self.model = fresh
+
+    def decode(self, entry: Entry) -> Enriched:
+        return Enriched.from_fields(entry.fields)
+
+    async def process(self, entries: list[Entry]) -> list[Outcome]:
+        await self._maybe_reload()
+        msgs: list[Enriched] = [e.value for e in entries]
+        backlog_ms = max(0, now_ms() - min(int(e.id.split("-")[0]) for e in entries))
+        state = (await self.breaker.state())["state"]
+        slow: list[Prediction | None] = [None] * len(entries)
+        why = None
+        if state == "open":
+            why = "breaker open"
+        elif self.model is None:
+            why = "no fallback model"
+        else:
+            texts = [m.ticket.text for m in msgs]
+            t0 = time.perf_counter()
+            try:
+                timeout = 10 * self.settings.breaker_budget_ms / 1000
+                slow = await asyncio.wait_for(asyncio.to_thread(self.model.predict, texts), timeout)
+                state = await self.breaker.record(True, (time.perf_counter() - t0) * 1000, backlog_ms, n=len(texts))
+            except Exception as exc:  # a failing fallback must not hold tickets: keep the fast answers
+                why = f"fallback error: {type(exc).__name__}"
+                state = await self.breaker.record(False, (time.perf_counter() - t0) * 1000, backlog_ms, str(exc))
+                slow = [None] * len(entries)
+                log.warning("fallback.failed", error=str(exc), batch=len(entries))
+        outcomes = []
+        for entry, msg, pred in zip(entries, msgs, slow):
+            e = msg.enrich
+            fast_json = e["fast"]
+            fast = Prediction.from_dict(fast_json)
+            policy = cascade.Policy.from_dict(e["policy"])  # the fast model's policy travels with the entry
+            d = cascade.decide(fast, pred, e["ood_similarity"], policy, breaker_open=pred is None,
+                               team_of=self.model.teams.team_of if self.model else None)
+            if why and pred is None:
+                d["reason"] = f"{why}: kept fast answer" if not d["abstain"] else d["reason"]
+            extra = {k: e[k] for k in KEPT if k in e}
+            extra.update({"breaker": state, "escalated_at": e.get("escalated_at"), "fallback_batch": len(entries),
+                          "fallback_wait_ms": backlog_ms})
+            slow_json = pred.to_dict(self.model.version) if pred is not None else None
+            msg.enrich = cascade.trail(d, fast_json, slow_json, e["ood_similarity"], policy, extra)
+            outcomes.append(Outcome(entry, writes=[self._commit(msg)]))
+        return outcomes
+
+    def _commit(self, msg: Enriched):
+        enrich = msg.enrich
+        return self.scripts.commit(
+            stage=self.name, status="enriched", ticket_id=msg.ticket_id, output_stream=self.keys.enriched,
+            data=orjson.dumps(msg.data()), emb=msg.emb_bytes(), event="ticket.classified",
+            event_data=classified_event(enrich),
+            record={"enrich": orjson.dumps(enrich), "category": enrich["category"], "team": enrich["team"],
+                    "t_enrich": now_ms()},
+        )

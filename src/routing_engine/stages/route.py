@@ -1,0 +1,44 @@
+"""Route stage: give each ticket to the free agent with the best skill x spare capacity, atomically in Redis."""
+
+from __future__ import annotations
+
+import time
+
+from ..domain.messages import Deduped, Routed
+from ..infra.agents import agent_ids
+from ..infra.runtime import Entry, Outcome, Stage, StageContext
+from ..metrics import END_TO_END
+
+
+class RouteStage(Stage):
+    name = "route"
+
+    def __init__(self, settings, keys):
+        super().__init__(settings, keys)
+        self.input = keys.deduped
+
+    async def setup(self, ctx: StageContext) -> None:
+        self.r = ctx.r
+        self.scripts = ctx.scripts
+
+    def decode(self, entry: Entry) -> Deduped:
+        return Deduped.from_fields(entry.fields)
+
+    async def process(self, entries: list[Entry]) -> list[Outcome]:
+        # the agents known now, read once per batch: route.lua gets each agent's key (a new agent joins at the
+        # next batch)
+        agents = await agent_ids(self.r, self.keys)
+        outcomes = []
+        for e in entries:
+            msg: Deduped = e.value
+            write = self.scripts.route(ticket_id=msg.ticket_id, team=msg.team, gid=msg.group, urgency=msg.urgency,
+                                       summary=Routed.summary_of(msg), agent_ids=agents)
+            outcomes.append(Outcome(e, writes=[write], info={"received_at": msg.received_at}))
+        return outcomes
+
+    async def after_commit(self, outcomes, results) -> None:
+        now = time.time()
+        for o, (reply,) in zip(outcomes, results):
+            _status, _assignee, fresh = reply
+            if fresh == 1 and o.info.get("received_at"):
+                END_TO_END.observe(max(0.0, now - o.info["received_at"] / 1000))

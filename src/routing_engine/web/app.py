@@ -1,0 +1,26 @@
+"""The aiohttp app, assembled: one state object, middleware, the route table of each area, SSE, dashboard."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from ..config import Settings
+from ..infra.keys import Keys
+from ..infra.scripts import Scripts
+from . import agents, dashboard, incidents, ops, sse, tickets
+from .middleware import auth_middleware, errors_middleware
+from .responses import MAX_BATCH
+from .state import STATE, AppState
+
+
+def make_app(settings: Settings, r: aioredis.Redis) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, auth_middleware],
+                          client_max_size=settings.max_body_bytes * MAX_BATCH)
+    keys = Keys(settings.prefix)
+    app[STATE] = AppState(settings, r, keys, Scripts(r, settings, keys))
+    for area in (tickets, incidents, agents, ops):
+        app.add_routes(area.routes)
+    sse.setup(app)
+    dashboard.setup(app)
+    return app

@@ -1,0 +1,69 @@
+"""The live monitor page: serves dashboards/ at / and a token login that sets the routing_token cookie.
+
+EventSource cannot send an Authorization header, so a browser proves the API token once (GET /login?token=
+or the login form) and then rides on an HttpOnly, SameSite=Strict cookie, which auth_middleware accepts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+
+from aiohttp import web
+
+from ..resources import asset_dir
+from .state import STATE
+
+COOKIE = "routing_token"
+
+_LOGIN = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>routing-engine · sign in</title>
+<style>body{{font:15px system-ui,sans-serif;background:#0f1419;color:#e6e6e6;display:grid;place-items:center;
+min-height:90vh}}form{{background:#1a2028;padding:24px;border-radius:8px;display:grid;gap:10px;min-width:260px}}
+input,button{{font:inherit;padding:8px;border-radius:4px;border:1px solid #394452;background:#0f1419;color:inherit}}
+button{{background:#2f6feb;border:0;cursor:pointer}}.err{{color:#ff7b72}}</style></head>
+<body><form method="post" action="/login"><b>Live monitor</b>
+<label for="token">API token</label><input id="token" name="token" type="password" autocomplete="current-password" autofocus>
+{error}<button type="submit">Sign in</button></form></body></html>"""
+
+
+def login_page(error: str = "", status: int = 401) -> web.Response:
+    err = f'<div class="err">{html.escape(error)}</div>' if error else ""
+    return web.Response(text=_LOGIN.format(error=err), status=status, content_type="text/html")
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    token = request.app[STATE].settings.api_token
+    given = request.query.get("token", "")
+    if request.method == "POST":
+        form = await request.post()
+        given = str(form.get("token", ""))
+    if not token:
+        raise web.HTTPFound("/")
+    if request.method == "GET" and not given:
+        return login_page(status=200)
+    if not hmac.compare_digest(given, token):
+        return login_page("wrong token")
+    # 303: the browser follows with a GET, and the token never stays in the address bar
+    resp = web.HTTPSeeOther("/")
+    resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/")
+    raise resp
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    resp = web.HTTPSeeOther("/login")
+    resp.del_cookie(COOKIE, path="/")
+    raise resp
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(asset_dir("dashboards") / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_route("GET", "/login", login)
+    app.router.add_route("POST", "/login", login)
+    app.router.add_get("/logout", logout)
+    app.router.add_static("/dashboard/", asset_dir("dashboards"), append_version=False)

@@ -1,0 +1,111 @@
+"""The OpenAPI 3.1 document served at /openapi.json (the ticket schema is the one in streams/)."""
+
+from __future__ import annotations
+
+import functools
+
+import orjson
+
+from .. import __version__
+from ..resources import streams_dir
+
+_ERR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(desc: str, schema: dict | None = None) -> dict:
+    return {"description": desc, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
+
+
+@functools.cache
+def openapi_doc() -> dict:
+    ticket = orjson.loads((streams_dir() / "ticket.schema.json").read_bytes())
+    for k in ("$schema", "$id"):
+        ticket.pop(k, None)
+    tid = {"name": "ticket_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "routing-engine", "version": __version__,
+                 "description": "Support-ticket routing on Redis Streams: classify, score urgency, group, assign."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "cookie": {"type": "apiKey", "in": "cookie", "name": "routing_token"}},
+            "schemas": {
+                "Ticket": ticket,
+                "Accepted": {"type": "object", "required": ["ticket_id", "stream_id"], "properties": {
+                    "ticket_id": {"type": "string"}, "stream_id": {"type": "string"}, "duplicate": {"type": "boolean"}}},
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "properties": {
+                    "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"},
+                    "problems": {"type": "array", "items": {"type": "object", "properties": {
+                        "field": {"type": "string"}, "problem": {"type": "string"}}}}}}}},
+                "Agent": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "capacity": {"type": "integer", "minimum": 0},
+                    "skills": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}},
+                    "active": {"type": "boolean"}}},
+            },
+        },
+        "security": [{"bearer": []}, {"cookie": []}, {}],
+        "paths": {
+            "/v1/tickets": {
+                "post": {"summary": "Submit a ticket (webhook door). `id` is an idempotency key.",
+                         "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ticket"}}}},
+                         "responses": {"202": _json("Accepted", {"$ref": "#/components/schemas/Accepted"}),
+                                       "400": _ERR, "413": _ERR, "415": _ERR, "422": _ERR}},
+                "get": {"summary": "Newest tickets, optionally by status",
+                        "parameters": [{"name": "status", "in": "query", "schema": {"type": "string"}},
+                                       {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                        "responses": {"200": _json("Tickets"), "400": _ERR}},
+            },
+            "/v1/tickets/batch": {"post": {
+                "summary": "Submit up to 1000 tickets; each is accepted or rejected on its own",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "array", "items": {"$ref": "#/components/schemas/Ticket"}, "maxItems": 1000}}}},
+                "responses": {"202": _json("Per-ticket results"), "400": _ERR, "413": _ERR, "415": _ERR, "422": _ERR}}},
+            "/v1/tickets/{ticket_id}": {"get": {"summary": "A ticket with its whole decision trail", "parameters": [tid],
+                                                "responses": {"200": _json("Ticket record"), "404": _ERR}}},
+            "/v1/tickets/{ticket_id}/resolve": {"post": {
+                "summary": "Resolve: frees the agent's slot and hands out the next queued ticket", "parameters": [tid],
+                "responses": {"200": _json("Resolved"), "404": _ERR, "409": _ERR}}},
+            "/v1/incidents": {"get": {"summary": "Master incidents, newest first",
+                                      "responses": {"200": _json("Incidents")}}},
+            "/v1/incidents/{incident_id}": {"get": {
+                "summary": "One incident with its members",
+                "parameters": [{"name": "incident_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json("Incident"), "404": _ERR}}},
+            "/v1/incidents/{incident_id}/resolve": {"post": {
+                "summary": "Resolve a master incident and every routed ticket in it (frees their agents' slots)",
+                "parameters": [{"name": "incident_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json("Resolved"), "404": _ERR, "409": _ERR}}},
+            "/v1/events": {"get": {
+                "summary": "Live event feed (Server-Sent Events). Each event's id is its events-stream id; send it back "
+                           "as Last-Event-ID (or ?last_event_id=) to resume without gaps. Events without an id "
+                           "(snapshot, flood.state, queue.depths) are derived state sent once a second. A client "
+                           "that falls too far behind is disconnected and should reconnect with Last-Event-ID.",
+                "parameters": [
+                    {"name": "types", "in": "query", "schema": {"type": "string"}, "example": "incident,breaker",
+                     "description": "comma-separated type prefixes: `incident` matches incident.*"},
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^\\d+-\\d+$"}},
+                    {"name": "last_event_id", "in": "query", "schema": {"type": "string", "pattern": "^\\d+-\\d+$"}}],
+                "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}},
+                              "400": _ERR, "401": _ERR}}},
+            "/": {"get": {"summary": "Live monitor dashboard (HTML); a login form when a token is required",
+                          "responses": {"200": {"description": "text/html"}, "401": {"description": "login form"}}}},
+            "/login": {"get": {"summary": "`?token=` sets the HttpOnly routing_token cookie and redirects to /",
+                               "security": [],
+                               "parameters": [{"name": "token", "in": "query", "schema": {"type": "string"}}],
+                               "responses": {"303": {"description": "cookie set"}, "401": {"description": "wrong token"}}},
+                       "post": {"summary": "Login form (field `token`): sets the cookie and redirects to /", "security": [],
+                                "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {
+                                    "type": "object", "properties": {"token": {"type": "string"}}}}}},
+                                "responses": {"303": {"description": "cookie set"}, "401": {"description": "wrong token"}}}},
+            "/v1/agents": {"get": {"summary": "Agents with load and capacity", "responses": {"200": _json("Agents")}}},
+            "/v1/agents/{agent_id}": {"put": {
+                "summary": "Create or update an agent (load is kept)",
+                "parameters": [{"name": "agent_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Agent"}}}},
+                "responses": {"200": _json("Agent"), "400": _ERR, "415": _ERR, "422": _ERR}}},
+            "/healthz": {"get": {"summary": "Redis reachable, consumer lag per group", "security": [],
+                                 "responses": {"200": _json("Healthy"), "503": _json("Unavailable")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
+                                 "responses": {"200": {"description": "text/plain exposition"}}}},
+        },
+    }

@@ -1,0 +1,51 @@
+"""JSON responses and request parsing shared by the route tables: one error shape, bodies read whole."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .state import state
+
+MAX_BATCH = 1000
+
+
+def jresponse(data, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def error_body(code: str, message: str, **extra) -> dict:
+    return {"error": {"code": code, "message": message, **{k: v for k, v in extra.items() if v is not None}}}
+
+
+async def read_json(request: web.Request):
+    s = state(request).settings
+    ctype = request.content_type
+    if ctype != "application/json":
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {ctype or 'none'}")
+    limit = s.max_body_bytes * (MAX_BATCH if request.path.endswith("/batch") else 1)
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body is {request.content_length} bytes; the limit is {limit}")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+    if not raw.strip():
+        raise BadRequest("empty body: expected a JSON object", field="(body)")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON: {exc}", field="(body)") from None
+
+
+def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer", field=name) from None
+    if not lo <= v <= hi:
+        raise BadRequest(f"{name} must be in {lo}..{hi}", field=name)
+    return v

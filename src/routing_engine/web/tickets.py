@@ -1,0 +1,110 @@
+"""Tickets: the webhook door (one or a batch), reading a ticket's trail, listing, resolving."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from ..config import Settings
+from ..domain import urgency
+from ..domain.ticket import STATUSES, Ticket, validate
+from ..errors import BadRequest, Conflict, InvalidTicket, NotFound
+from ..infra import operations, records
+from ..infra.keys import Keys
+from ..metrics import HTTP_TICKETS
+from .responses import MAX_BATCH, error_body, int_param, jresponse, read_json
+from .state import STATE, state
+
+routes = web.RouteTableDef()
+
+
+def _lane(s: Settings, k: Keys, ticket: Ticket) -> str:
+    """Priority lane: text that already reads urgent (S from the text alone) skips the ingest queue."""
+    pre, _ = urgency.score(ticket.subject, ticket.body, "", 0.0)
+    return k.ingest_urgent if pre > s.urgent_threshold else k.ingest
+
+
+def _ingest_call(app: web.Application, obj, ticket: Ticket, client=None):
+    st = app[STATE]
+    # the stream carries the client's object as sent; the enrich stage validates it again (same schema)
+    return st.scripts.ingest(ticket_id=ticket.ticket_id, ticket_json=orjson.dumps(obj),
+                             lane=_lane(st.settings, st.keys, ticket), client=client)
+
+
+async def _accept(app: web.Application, obj) -> tuple[Ticket, str, bool]:
+    ticket = validate(obj, app[STATE].settings.max_text_chars)
+    sid, created = await _ingest_call(app, obj, ticket)
+    return ticket, sid.decode(), bool(created)
+
+
+@routes.post("/v1/tickets")
+async def post_ticket(request: web.Request) -> web.Response:
+    obj = await read_json(request)
+    try:
+        ticket, sid, created = await _accept(request.app, obj)
+    except InvalidTicket:
+        HTTP_TICKETS.labels("invalid").inc()
+        raise
+    HTTP_TICKETS.labels("accepted" if created else "duplicate").inc()
+    return jresponse({"ticket_id": ticket.ticket_id, "stream_id": sid, "duplicate": not created}, 202)
+
+
+@routes.post("/v1/tickets/batch")
+async def post_batch(request: web.Request) -> web.Response:
+    """Up to 1000 tickets in one request; each is accepted or rejected on its own."""
+    items = await read_json(request)
+    if not isinstance(items, list) or not items or len(items) > MAX_BATCH:
+        raise BadRequest(f"expected a JSON array of 1..{MAX_BATCH} tickets", field="(body)")
+    app = request.app
+    st = app[STATE]
+    results: list[dict] = []
+    accepted: list[tuple[int, Ticket]] = []
+    async with st.redis.pipeline(transaction=False) as pipe:
+        for i, obj in enumerate(items):
+            try:
+                ticket = validate(obj, st.settings.max_text_chars)
+            except InvalidTicket as exc:
+                HTTP_TICKETS.labels("invalid").inc()
+                results.append({"index": i, "error": error_body(exc.code, str(exc), problems=exc.problems)["error"]})
+                continue
+            accepted.append((i, ticket))
+            results.append({})
+            await _ingest_call(app, obj, ticket, client=pipe)
+        replies = await pipe.execute() if accepted else []
+    slots = [r for r in results if not r]
+    for slot, (i, ticket), (sid, created) in zip(slots, accepted, replies):
+        HTTP_TICKETS.labels("accepted" if created else "duplicate").inc()
+        slot.update({"index": i, "ticket_id": ticket.ticket_id, "stream_id": sid.decode(), "duplicate": not created})
+    status = 202 if any("ticket_id" in r for r in results) else 422
+    return jresponse({"results": results}, status)
+
+
+@routes.get("/v1/tickets/{ticket_id}")
+async def get_ticket(request: web.Request) -> web.Response:
+    rec = await records.get_ticket(state(request).redis, state(request).keys, request.match_info["ticket_id"])
+    if rec is None:
+        raise NotFound(f"no ticket {request.match_info['ticket_id']!r}")
+    return jresponse(rec)
+
+
+@routes.get("/v1/tickets")
+async def list_tickets(request: web.Request) -> web.Response:
+    status = request.query.get("status") or None
+    if status and status not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}", field="status")
+    limit = int_param(request, "limit", 50, 1, 1000)
+    rows = await records.list_tickets(state(request).redis, state(request).keys, status, limit)
+    return jresponse({"tickets": rows, "count": len(rows)})
+
+
+@routes.post("/v1/tickets/{ticket_id}/resolve")
+async def resolve_ticket(request: web.Request) -> web.Response:
+    st, tid = state(request), request.match_info["ticket_id"]
+    res = await operations.resolve_ticket(st.redis, st.keys, st.scripts, tid)
+    outcome, nxt, agent = res.outcome, res.detail, res.agent
+    if outcome == "missing":
+        raise NotFound(f"no ticket {tid!r}")
+    if outcome == "not_routed":
+        raise Conflict(f"ticket {tid!r} is {nxt!r}; only assigned, attached or queued tickets can be resolved")
+    return jresponse({"ticket_id": tid, "status": "resolved", "already_resolved": outcome == "already",
+                      "agent": agent or None, "next_ticket": nxt or None})

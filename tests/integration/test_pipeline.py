@@ -1,0 +1,173 @@
+"""End to end in one process: API + every stage against the real Redis with real (tiny) models."""
+
+from __future__ import annotations
+
+
+import orjson
+from aiohttp import web
+
+from fixtures import wait_for
+
+
+async def routed(pipeline, tid):
+    resp = await pipeline.client.get(f"/v1/tickets/{tid}")
+    if resp.status != 200:
+        return None
+    rec = await resp.json()
+    return rec if rec["status"] in ("assigned", "queued", "attached") else None
+
+
+async def test_http_ticket_comes_out_routed_with_trail(pipeline):
+    resp = await pipeline.client.post("/v1/tickets", json={
+        "subject": "Card never arrived", "body": "I ordered my card two weeks ago and it still has not arrived",
+        "customer": "c-1", "channel": "email"})
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    rec = await wait_for(lambda: routed(pipeline, body["ticket_id"]))
+    assert rec["stream_id"] == body["stream_id"]
+    assert rec["category"] == "card_arrival" and rec["team"] == "cards"
+    assert 0 < rec["enrich"]["confidence"] <= 1 and rec["enrich"]["model"].startswith("lgbm-")
+    assert 0 <= rec["urgency"] <= 1
+    assert rec["dedup"]["group"] == body["ticket_id"]  # first of its kind: its own group
+    assert rec["status"] == "assigned" and rec["assignee"] == "ana"  # the cards specialist is free
+    t = rec["timings"]
+    assert t["received_at"] <= t["enriched_at"] <= t["grouped_at"] <= t["routed_at"]
+    assert t["ms"]["total"] >= 0
+
+
+async def test_stream_door_ticket_is_routed_and_client_id_is_idempotent(pipeline, r):
+    k = pipeline.k
+    ticket = {"id": "ext-42", "subject": "Transfer not received",
+              "body": "I sent money to my friend yesterday but they say it never arrived"}
+    first = await r.xadd(k.ingest, {"data": orjson.dumps(ticket)})
+    await r.xadd(k.ingest, {"data": orjson.dumps(ticket)})  # a retrying producer: same id again
+    flat = await r.xadd(k.ingest, {"subject": "ATM kept my money", "body": "the cash machine did not give me cash"})
+    rec = await wait_for(lambda: routed(pipeline, "ext-42"))
+    assert rec["stream_id"] == first.decode()
+    assert rec["team"] == "payments" and rec["enrich"]["decided_by"] == "lightgbm"
+    flat_id = "s" + flat.decode().replace("-", "_")
+    flat_rec = await wait_for(lambda: routed(pipeline, flat_id))  # flat fields, as from redis-cli
+    assert flat_rec["subject"] == "ATM kept my money" and flat_rec["category"]
+    await wait_for(lambda: _pending_zero(r, k.ingest, "enrich"))
+    ids = [orjson.loads(f[b"data"])["ticket"]["ticket_id"] for _, f in await r.xrange(k.enriched)]
+    assert ids.count("ext-42") == 1  # the duplicate entry was acked, not processed
+
+
+async def _pending_zero(r, stream, group):
+    info = [g for g in await r.xinfo_groups(stream) if g["name"] in (group, group.encode())][0]
+    return info["pending"] == 0 and info["lag"] == 0
+
+
+async def test_http_idempotency_key_yields_one_ticket(pipeline):
+    t = {"id": "dup-1", "subject": "Card stopped working", "body": "my card is declined everywhere"}
+    a = await (await pipeline.client.post("/v1/tickets", json=t)).json()
+    b_resp = await pipeline.client.post("/v1/tickets", json=t)
+    b = await b_resp.json()
+    assert b_resp.status == 202 and b["duplicate"] is True and a["duplicate"] is False
+    assert a["stream_id"] == b["stream_id"]
+    await wait_for(lambda: routed(pipeline, "dup-1"))
+    listed = await (await pipeline.client.get("/v1/tickets?limit=100")).json()
+    assert [x["ticket_id"] for x in listed["tickets"]].count("dup-1") == 1
+
+
+async def test_storm_becomes_one_master_incident_with_one_alert(settings, r):
+    """12 near-identical tickets within the window: one incident of 12, one alert; an unrelated one stays out."""
+    from dataclasses import replace
+
+    from fixtures import InProcessPipeline, free_port
+
+    received: list[dict] = []
+
+    async def hook(request):
+        received.append(await request.json())
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/alert", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    s = replace(settings, alert_url=f"http://127.0.0.1:{port}/alert", incident_k=10)
+    storm = [f"Payment app shows error 503 when I try to pay{' !' * (i % 3)} (attempt {i % 4})" for i in range(12)]
+    try:
+        async with InProcessPipeline(s, r) as p:
+            ids = []
+            for text in storm:
+                resp = await p.client.post("/v1/tickets", json={"subject": "Payments down", "body": text})
+                ids.append((await resp.json())["ticket_id"])
+            other = await (await p.client.post("/v1/tickets", json={
+                "subject": "Change my PIN", "body": "How do I change the PIN of my card?"})).json()
+            for tid in ids + [other["ticket_id"]]:
+                await wait_for(lambda tid=tid: routed(p, tid))
+            incidents = (await (await p.client.get("/v1/incidents")).json())["incidents"]
+            assert len(incidents) == 1
+            inc = await (await p.client.get(f"/v1/incidents/{incidents[0]['incident_id']}")).json()
+            assert inc["size"] == 12 and sorted(inc["members"]) == sorted(ids)
+            lone = await (await p.client.get(f"/v1/tickets/{other['ticket_id']}")).json()
+            assert lone["group"] == other["ticket_id"] and lone["incident"] is False
+            recs = [await (await p.client.get(f"/v1/tickets/{t}")).json() for t in ids]
+            assert all(x["dedup"]["joined"] and x["dedup"]["rule"] in ("tau", "tau_category") for x in recs[1:])
+            assert [x["incident"] for x in recs] == [False] * 9 + [True] * 3
+            # children after the master was assigned attach to its assignee, taking no extra slot
+            assert {x["status"] for x in recs[10:]} == {"attached"} and recs[10]["assignee"] == recs[9]["assignee"]
+            await wait_for(lambda: _pending_zero(r, p.k.alerts, "alerts"))
+            assert len(received) == 1 and received[0]["type"] == "incident.opened"
+            assert await r.xlen(p.k.alerts) == 1
+    finally:
+        await runner.cleanup()
+
+
+async def test_resolve_frees_capacity_and_hands_out_next_queued(pipeline, r):
+    from routing_engine.infra.agents import put_agent
+
+    k = pipeline.k
+    # one cards agent with one slot; everyone else off cards
+    for a in ("ana", "gus"):
+        await put_agent(r, k, {"id": a, "name": a, "capacity": 1 if a == "ana" else 0,
+                               "skills": {"cards": 1.0}, "active": True})
+    ids = []
+    for i in range(3):
+        resp = await pipeline.client.post("/v1/tickets", json={
+            "id": f"card-{i}", "subject": "Card not arrived", "body": f"my new card has not arrived after {i + 5} days"})
+        ids.append((await resp.json())["ticket_id"])
+    recs = [await wait_for(lambda t=t: routed(pipeline, t)) for t in ids]
+    assigned = [x for x in recs if x["status"] == "assigned"]
+    queued = [x for x in recs if x["status"] == "queued"]
+    assert len(assigned) == 1 and len(queued) == 2 and assigned[0]["assignee"] == "ana"
+    resp = await pipeline.client.post(f"/v1/tickets/{assigned[0]['ticket_id']}/resolve")
+    body = await resp.json()
+    assert resp.status == 200 and body["next_ticket"] in {q["ticket_id"] for q in queued}
+    nxt = await (await pipeline.client.get(f"/v1/tickets/{body['next_ticket']}")).json()
+    assert nxt["status"] == "assigned" and nxt["assignee"] == "ana"
+    agents = {a["id"]: a for a in (await (await pipeline.client.get("/v1/agents")).json())["agents"]}
+    assert agents["ana"]["load"] == 1
+    again = await (await pipeline.client.post(f"/v1/tickets/{assigned[0]['ticket_id']}/resolve")).json()
+    assert again["already_resolved"] is True
+    assert (await pipeline.client.post("/v1/tickets/nope/resolve")).status == 404
+
+
+async def test_urgent_text_takes_the_priority_lane_ahead_of_a_backlog(settings, r):
+    """A backlog sits in the ingest stream; an urgent ticket posted after it is routed before most of it."""
+    from fixtures import InProcessPipeline
+    from routing_engine.infra.keys import Keys
+
+    k = Keys(settings.prefix)
+    async with r.pipeline(transaction=False) as pipe:
+        for i in range(300):
+            pipe.xadd(k.ingest, {"data": orjson.dumps({"id": f"bg-{i}", "body": f"how do I top up my account {i}"})})
+        await pipe.execute()
+    async with InProcessPipeline(settings, r, stages=("enrich", "dedup", "route")) as p:
+        resp = await p.client.post("/v1/tickets", json={
+            "id": "hot", "subject": "URGENT", "body": "My card was stolen and someone is spending money right now!!"})
+        assert resp.status == 202
+        assert await r.xlen(k.ingest_urgent) == 1
+        rec = await wait_for(lambda: routed(p, "hot"))
+        done_before = await r.xlen(k.routed)
+        assert done_before < 300, "the urgent ticket should not wait behind the whole backlog"
+        assert rec["stream_id"] == (await resp.json())["stream_id"]
+        await wait_for(lambda: _count(r, k.routed, 301), timeout=120)  # the backlog still drains
+
+
+async def _count(r, stream, n):
+    return await r.xlen(stream) >= n

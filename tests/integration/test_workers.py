@@ -1,0 +1,152 @@
+"""Workers as real OS processes sharing the stages through consumer groups, against the real Redis."""
+
+from __future__ import annotations
+
+import collections
+
+import orjson
+
+from fixtures import InProcessPipeline, Worker, wait_for
+
+
+async def _consumers(r, stream, group) -> set[str]:
+    try:
+        return {c["name"].decode() for c in await r.xinfo_consumers(stream, group)}
+    except Exception:
+        return set()
+
+
+async def _ready(r, k, names) -> bool:
+    for stream, group in ((k.ingest, "enrich"), (k.enriched, "dedup"), (k.deduped, "route")):
+        if not set(names) <= await _consumers(r, stream, group):
+            return False
+    return True
+
+
+async def _routed_ids(r, k) -> list[str]:
+    return [f[b"ticket_id"].decode() for _, f in await r.xrange(k.routed)]
+
+
+async def _check_capacity_invariant(r, k) -> dict:
+    """No agent over capacity, and each agent's load equals the tickets holding one of its slots."""
+    from routing_engine.infra.agents import list_agents
+
+    agents = {a["id"]: a for a in await list_agents(r, k)}
+    held = collections.Counter()
+    for tid in await r.zrange(k.idx_status("assigned"), 0, -1):
+        h = await r.hmget(k.ticket(tid.decode()), "assignee", "holds_slot")
+        assert h[1] == b"1"
+        held[h[0].decode()] += 1
+    for a in agents.values():
+        assert 0 <= a["load"] <= a["capacity"], a
+        assert a["load"] == held[a["id"]], (a, held)
+    return held
+
+
+def _tickets(n, tag):
+    texts = ["my card has not arrived yet", "the money transfer never reached my friend",
+             "ATM did not give me my cash", "someone stole my card", "why do you need to verify my identity",
+             "what exchange rate do you use for euros"]
+    return [{"id": f"{tag}-{i}", "subject": f"Ticket {i}", "body": f"{texts[i % len(texts)]} (ref {tag}-{i})"}
+            for i in range(n)]
+
+
+async def test_two_worker_processes_share_http_and_stream_tickets_exactly_once(settings, r, tmp_path):
+    """An HTTP ticket, a stream ticket and 500 more, through two worker processes: each routed exactly once."""
+    workers = [Worker(settings, f"w{i}", tmp_path) for i in (1, 2)]
+    try:
+        async with InProcessPipeline(settings, r, stages=[]) as p:  # the API only; the workers do the work
+            k = p.k
+            await wait_for(lambda: _ready(r, k, ["w1", "w2"]), timeout=120, interval=0.5)
+            resp = await p.client.post("/v1/tickets", json={"id": "via-http", "subject": "Card lost",
+                                                            "body": "I lost my card on the train"})
+            assert resp.status == 202
+            await r.xadd(k.ingest, {"data": orjson.dumps({"id": "via-stream", "subject": "Transfer missing",
+                                                          "body": "my transfer has not arrived"})})
+            async with r.pipeline(transaction=False) as pipe:
+                for t in _tickets(500, "bulk"):
+                    pipe.xadd(k.ingest, {"data": orjson.dumps(t)})
+                await pipe.execute()
+
+            async def all_routed():
+                ids = await _routed_ids(r, k)
+                return ids if len(ids) >= 502 else None
+
+            ids = await wait_for(all_routed, timeout=180, interval=0.5)
+            assert len(ids) == 502 and len(set(ids)) == 502
+            assert {"via-http", "via-stream"} <= set(ids)
+            for tid in ("via-http", "via-stream"):
+                rec = await (await p.client.get(f"/v1/tickets/{tid}")).json()
+                assert rec["status"] in ("assigned", "queued") and rec["enrich"]["model"] and rec["dedup"]["group"]
+                assert rec["timings"]["ms"]["total"] is not None
+            # both processes did work in every stage
+            for stream, group in ((k.ingest, "enrich"), (k.enriched, "dedup"), (k.deduped, "route")):
+                info = {c["name"].decode(): c for c in await r.xinfo_consumers(stream, group)}
+                assert set(info) == {"w1", "w2"}
+            assert (await r.hget(k.stats, "processed:enrich")) is not None
+            await _check_capacity_invariant(r, k)
+            assert await r.xlen(k.dead) == 0
+    finally:
+        for w in workers:
+            assert w.kill(sig=15) == 0, w.output()[-2000:]  # SIGTERM: graceful exit 0
+
+
+async def test_sigkilled_worker_entries_are_reclaimed_by_another(settings, r, tmp_path):
+    from routing_engine.infra.agents import load_agents_file
+    from routing_engine.infra.keys import Keys
+
+    k = Keys(settings.prefix)
+    await load_agents_file(r, k)
+    a = Worker(settings, "victim", tmp_path, stages="enrich,dedup,route")
+    b = None
+    try:
+        await wait_for(lambda: _ready(r, k, ["victim"]), timeout=120, interval=0.5)
+        async with r.pipeline(transaction=False) as pipe:
+            for t in _tickets(300, "kill"):
+                pipe.xadd(k.ingest, {"data": orjson.dumps(t)})
+            await pipe.execute()
+
+        async def mid_batch():
+            done = int(await r.hget(k.stats, "processed:enrich") or 0)
+            pend = await r.xpending(k.ingest, "enrich")
+            return done > 0 and pend["pending"] > 0 and done < 250
+
+        await wait_for(mid_batch, timeout=60, interval=0.02)
+        a.kill()  # SIGKILL: no chance to ack what it holds
+        pending = (await r.xpending(k.ingest, "enrich"))["pending"]
+        assert pending > 0
+        b = Worker(settings, "rescuer", tmp_path)
+
+        async def all_routed():
+            ids = await _routed_ids(r, k)
+            return ids if len(ids) >= 300 else None
+
+        ids = await wait_for(all_routed, timeout=180, interval=0.5)
+        assert len(ids) == 300 and len(set(ids)) == 300
+        assert int(await r.hget(k.stats, "processed:route")) == 300
+        assert "stage.reclaimed" in b.output()
+        await _check_capacity_invariant(r, k)
+    finally:
+        if b:
+            b.kill(sig=15)
+
+
+async def test_dedup_reads_other_workers_entries_only_while_they_are_live(settings, r):
+    """A lone dedup worker skips reading its own output back; with a second live consumer it reads again."""
+    from routing_engine.infra.keys import Keys
+    from routing_engine.infra.runtime import StageContext
+    from routing_engine.infra.scripts import Scripts
+    from routing_engine.stages.dedup import DedupStage
+
+    k = Keys(settings.prefix)
+    await r.xgroup_create(k.enriched, "dedup", id="0", mkstream=True)
+    stage = DedupStage(settings, k)
+    await stage.setup(StageContext(r, Scripts(r, settings, k), "w1"))
+    # (a consumer appears in the group once a read hands it an entry)
+    await r.xadd(k.enriched, {"data": "{}"})
+    await r.xreadgroup("dedup", "w1", {k.enriched: ">"}, count=1)
+    last = await r.xadd(k.deduped, {"ticket_id": "t-own"})
+    assert await stage._alone() and stage._tail == last.decode()
+    await r.xadd(k.enriched, {"data": "{}"})
+    await r.xreadgroup("dedup", "w2", {k.enriched: ">"}, count=1)  # a second worker starts reading
+    assert not await stage._alone()
