@@ -80,7 +80,8 @@ def fast_cv(X, y, labels, texts, folds: int, seed: int = 0):
         lin = X[te] @ clf.linear[0] + clf.linear[1]
         gbm = clf.booster.predict(X[te], num_iteration=clf.meta["best_iteration"], raw_score=True)
         row = {"fold": k, "accuracy": round(float(ok.mean()), 4),
-               "lightgbm_alone_accuracy": round(float((np.asarray(gbm).reshape(len(te), -1).argmax(1) == yt).mean()), 4),
+               "lightgbm_alone_accuracy": round(float((np.asarray(gbm).reshape(len(te), -1).argmax(1) == yt).mean()),
+                                                4),
                "linear_alone_accuracy": round(float((lin.argmax(1) == yt).mean()), 4),
                "lexical_alone_accuracy": None if lex is None else round(float((lex.argmax(1) == yt).mean()), 4),
                "linear_weight": clf.meta["linear_weight"], "lexical_weight": clf.meta["lexical_weight"],
@@ -88,7 +89,8 @@ def fast_cv(X, y, labels, texts, folds: int, seed: int = 0):
                "temperature": round(clf.temperature, 3), "train_seconds": round(fit_s, 1),
                "classify_texts_per_s": rate(len(te), clf_s), "best_iteration": clf.meta["best_iteration"]}
         print(f"  fold {k}: acc {row['accuracy']:.4f} (LightGBM alone {row['lightgbm_alone_accuracy']:.4f}, LR alone "
-              f"{row['linear_alone_accuracy']:.4f}, w={row['linear_weight']}, TF-IDF alone {row['lexical_alone_accuracy']}, "
+              f"{row['linear_alone_accuracy']:.4f}, w={row['linear_weight']}, "
+              f"TF-IDF alone {row['lexical_alone_accuracy']}, "
               f"w={row['lexical_weight']})  "
               f"ECE {row['ece_uncalibrated']:.3f} -> {row['ece_calibrated']:.3f}  train {fit_s:.0f}s", flush=True)
         rows.append(row)
@@ -151,7 +153,8 @@ def oos_eval(name, train, tune, tests, embedder, target, quick, seed=0):
                    **{f"conf_only_{k}": v for k, v in metrics(pol.abstain_below, 0.0).items()}}
     for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
         res["sweep"].append({"abstain_below": t, **metrics(t, pol.ood_below)})
-    print(f"  {name}: thresholds conf < {pol.abstain_below:.3f}, sim < {pol.ood_below:.3f} -> {res['sets']}", flush=True)
+    print(f"  {name}: thresholds conf < {pol.abstain_below:.3f}, sim < {pol.ood_below:.3f} -> {res['sets']}",
+          flush=True)
     return res
 
 
@@ -205,7 +208,8 @@ def main() -> int:
     print(f"BANKING77 train: {len(texts)} rows, {len(names)} classes; MiniLM embeds {embed_tps}/s "
           f"(load avg {load:.1f} on {os.cpu_count()} cores)", flush=True)
 
-    print(f"fast path, {folds}-fold CV (LightGBM pooled with LR on the embedding and a TF-IDF LR on the text, temperature-calibrated):", flush=True)
+    print(f"fast path, {folds}-fold CV (LightGBM pooled with LR on the embedding and a TF-IDF LR on the text, "
+          "temperature-calibrated):", flush=True)
     rows, (tr, te, clf, p_fast, yt) = fast_cv(X, y, labels, texts, folds)
     accs = [r["accuracy"] for r in rows]
     clf_tps = float(np.median([r["classify_texts_per_s"] for r in rows]))
@@ -259,7 +263,8 @@ def main() -> int:
                               "holdout_metrics": fb.metrics, "blend_weight": blend,
                               # rows both models get wrong: no cascade or blend of these two can fix them
                               "both_wrong_fold0": int(((p_fast.argmax(1) != yt) & ~slow_ok).sum()),
-                              "oracle_accuracy_fold0": round(float(1 - ((p_fast.argmax(1) != yt) & ~slow_ok).mean()), 4)}
+                              "oracle_accuracy_fold0": round(float(1 - ((p_fast.argmax(1) != yt) & ~slow_ok).mean()),
+                                                             4)}
         report["cascade"] = table
         print(f"  fallback alone {slow_ok.mean():.4f} on fold 0 ({len(te)} rows), {fb_tps} texts/s, "
               f"trained in {fb_fit:.0f}s; fast path on fold 0 {(p_fast.argmax(1) == yt).mean():.4f}", flush=True)

@@ -28,7 +28,8 @@ def endava():
     u = np.array([int(r["urgency"]) for r in rows])
     # Codes are anonymised; 3 is 89% of this slice, so we read low codes as more urgent (P0/P1 style).
     y = (u <= 1).astype(int)
-    print(f"endava  n={len(rows)}  urgency counts={ {int(k): int(v) for k, v in zip(*np.unique(u, return_counts=True))} }")
+    print(f"endava  n={len(rows)}  "
+          f"urgency counts={ {int(k): int(v) for k, v in zip(*np.unique(u, return_counts=True))} }")
     print(f"  AUROC S, urgency<=1 vs rest: {roc_auc_score(y, s):.3f}  (positives {y.sum()})")
     print(f"  AUROC S, urgency<=2 vs 3:    {roc_auc_score((u <= 2).astype(int), s):.3f}")
     for k in sorted(set(u)):

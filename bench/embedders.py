@@ -20,10 +20,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from routing_engine.models.training import train_on_embeddings  # noqa: E402
+from measure_tau import pair_table  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from routing_engine.config import Settings  # noqa: E402
 from routing_engine.models.embedder import make_embedder  # noqa: E402
-from measure_tau import pair_table  # noqa: E402  (bench/ is on sys.path when run as a script)
+from routing_engine.models.training import train_on_embeddings  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "banking77" / "train.csv"
 OUT = ROOT / "bench" / "out" / "embedders.json"
@@ -111,7 +112,8 @@ def st_static_rate(path: Path, texts: list[str]) -> dict:
     b64 = time.perf_counter() - t0
     t0 = time.perf_counter()
     st.encode(texts, batch_size=1024, **kw)
-    return {"texts_per_s_batch64": round(len(texts) / b64), "texts_per_s_full_batch": round(len(texts) / (time.perf_counter() - t0))}
+    return {"texts_per_s_batch64": round(len(texts) / b64),
+            "texts_per_s_full_batch": round(len(texts) / (time.perf_counter() - t0))}
 
 
 def main() -> None:
@@ -151,7 +153,7 @@ def print_tables(res: dict) -> None:
     print(f"\n{res['data']}; load average {res['loadavg_start']} -> {res['loadavg_end']} on {res['cpus']} CPUs")
     print(f"{'embedder':<16}{'dim':>5}{'txt/s b64':>11}{'txt/s full':>11}{'LGBM acc':>10}{'LR acc':>8}"
           f"{'LGBM fit s':>11}{'fast path us/tkt':>18}")
-    for k, r in em.items():
+    for _k, r in em.items():
         print(f"{r['name']:<16}{r['dim']:>5}{r['texts_per_s_batch64']:>11}{r['texts_per_s_full_batch']:>11}"
               f"{r['lightgbm']['accuracy']:>10}{r['logreg']['accuracy']:>8}{r['lightgbm']['fit_s']:>11}"
               f"{r['fast_path_batch64']['total_us_per_ticket']:>18}")

@@ -188,7 +188,8 @@ class Engine:
     def _env(self, threads: int | None) -> dict:
         env = dict(os.environ)
         env.update({
-            "REDIS_URL": self.s.redis_url, "ROUTING_PREFIX": self.s.prefix, "ROUTING_MODELS_DIR": str(self.s.models_path),
+            "REDIS_URL": self.s.redis_url, "ROUTING_PREFIX": self.s.prefix,
+            "ROUTING_MODELS_DIR": str(self.s.models_path),
             "ROUTING_BATCH_SIZE": str(self.s.batch_size), "ROUTING_DEDUP_TAU": str(self.s.dedup_tau),
             "ROUTING_INCIDENT_K": str(self.s.incident_k), "ROUTING_DEDUP_WINDOW_S": str(self.s.dedup_window_s),
             "ROUTING_LOG_FORMAT": "json", "ROUTING_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1",
@@ -259,7 +260,8 @@ class Engine:
                 return
             if time.monotonic() > deadline:
                 raise SystemExit(f"workers not ready after {self.o.join_timeout_s:.0f}s "
-                                 f"({joined}/{len(names) * len(streams)} stage consumers joined); logs in {self.o.out_dir}")
+                                 f"({joined}/{len(names) * len(streams)} stage consumers joined); "
+                                 f"logs in {self.o.out_dir}")
             await asyncio.sleep(0.25)
 
     async def __aexit__(self, *exc):
@@ -284,7 +286,7 @@ async def _http_ok(url: str) -> bool:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
             async with s.get(url) as resp:
                 return resp.status == 200
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         return False
 
 
@@ -640,8 +642,10 @@ async def run_flood(scenario, planned: list, settings, opts: Options, embedder=N
     report["baseline_tickets_per_s"] = anchors.get("baseline", {}).get("tickets_per_s")
     tps = report["tickets_per_s"]
     report["ratios"] = {
-        "engine_vs_ceiling": round(tps / report["ceiling_texts_per_s"], 3) if tps and report["ceiling_texts_per_s"] else None,
-        "engine_vs_baseline": round(tps / report["baseline_tickets_per_s"], 3) if tps and report["baseline_tickets_per_s"] else None,
+        "engine_vs_ceiling": round(tps / report["ceiling_texts_per_s"], 3)
+                             if tps and report["ceiling_texts_per_s"] else None,
+        "engine_vs_baseline": round(tps / report["baseline_tickets_per_s"], 3)
+                              if tps and report["baseline_tickets_per_s"] else None,
     }
     return report
 
@@ -650,19 +654,23 @@ async def run_flood(scenario, planned: list, settings, opts: Options, embedder=N
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenario", default="single-storm", help="calm, single-storm, two-storms, overload, or a YAML/JSON path")
+    p.add_argument("--scenario", default="single-storm",
+                   help="calm, single-storm, two-storms, overload, or a YAML/JSON path")
     p.add_argument("--door", choices=("stream", "http"), default="stream",
                    help="stream: pipelined XADD to the ingest stream; http: the API's webhook door")
     p.add_argument("--workers", type=int, default=1, help="worker processes (0 = stages in the bench process)")
     p.add_argument("--tickets", "--n", type=int, dest="tickets",
                    help="exactly N tickets: the scenario is stretched or cut in time to hold N")
     p.add_argument("--fast", action="store_true", help="send as fast as possible instead of at the scenario's timing")
-    p.add_argument("--speed", type=float, default=1.0, help="multiply every rate by this (e.g. calm --speed 20 = 1,000/s)")
-    p.add_argument("--capacity", type=float, help="tickets/s that rates like '10x' refer to (default: the measured ceiling)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="multiply every rate by this (e.g. calm --speed 20 = 1,000/s)")
+    p.add_argument("--capacity", type=float,
+                   help="tickets/s that rates like '10x' refer to (default: the measured ceiling)")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
     p.add_argument("--batch-size", type=int, help="ROUTING_BATCH_SIZE for the workers")
-    p.add_argument("--http-batch", type=int, default=50, help="tickets per POST /v1/tickets/batch (1 = POST /v1/tickets)")
+    p.add_argument("--http-batch", type=int, default=50,
+                   help="tickets per POST /v1/tickets/batch (1 = POST /v1/tickets)")
     p.add_argument("--http-concurrency", type=int, default=16)
     p.add_argument("--agents", help="agents YAML (default: the shipped config/agents.yaml)")
     p.add_argument("--json", help="write the report here (default bench/out/flood-<scenario>.json)")
@@ -702,8 +710,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("ROUTING_LOG_LEVEL", "warning")
     from routing_engine.config import Settings
-    from routing_engine.service import ensure_model
     from routing_engine.logs import setup_logging
+    from routing_engine.service import ensure_model
 
     setup_logging("console", "warning")
     prefix = "flood-" + uuid.uuid4().hex[:8]
@@ -724,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
                    keep_keys=args.keep_keys)
     out = opts.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    sc_mod.write_files(planned, out / f"flood-{scenario.name}-tickets.jsonl", out / f"flood-{scenario.name}-truth.jsonl")
+    sc_mod.write_files(planned, out / f"flood-{scenario.name}-tickets.jsonl",
+                       out / f"flood-{scenario.name}-truth.jsonl")
     storms = ", ".join(f"{s.id}={s.intent}" for s in scenario.storms) or "none"
     print(f"scenario {scenario.name}: {len(planned):,} tickets over {planned[-1].at_s:.1f}s (storms: {storms}); "
           f"door {opts.door}, {opts.workers} worker(s), prefix {prefix} on {settings.redis_url}", file=sys.stderr)

@@ -120,7 +120,8 @@ def gitbugs(emb: Embedder, project: str, bugs_file: str, pairs_file: str, n_rand
             "pairs_flagged": flagged,
         })
     return {
-        "n_reports": n, "n_dup_pairs": len(dup_sims), "n_random_pairs": len(rand_sims), "n_all_pairs": int(len(all_sims)),
+        "n_reports": n, "n_dup_pairs": len(dup_sims), "n_random_pairs": len(rand_sims),
+        "n_all_pairs": int(len(all_sims)),
         "median_dup": round(float(np.median(dup_sims)), 4), "median_random": round(float(np.median(rand_sims)), 4),
         "rows": rows,
     }
@@ -139,7 +140,8 @@ def main() -> None:
     emb = Embedder()
     results = {"embedder": emb.name, "taus": TAUS}
     results["clinc150_val"] = clinc150(emb)
-    print_table("CLINC150 val, same intent = positive", results["clinc150_val"], ["precision", "recall", "pairs_flagged"])
+    print_table("CLINC150 val, same intent = positive", results["clinc150_val"],
+                ["precision", "recall", "pairs_flagged"])
     results["banking77_train"] = banking77(emb)
     print_table("BANKING77 train sample, same intent = positive", results["banking77_train"],
                 ["precision", "recall", "pairs_flagged"])

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 from .config import Settings
+from .infra.keys import STAGE_INPUTS
 
-# The stage names, written here rather than imported from the registry: importing it loads the models'
-# libraries, which `--help` and argument errors never need (about 3 s on 2 cores). A test keeps them equal.
-STAGE_NAMES = ("enrich", "fallback", "dedup", "route", "alerts")
+# Stage names from the topology, not the registry: importing the registry loads the models' libraries, which
+# `--help` and argument errors never need.
+STAGE_NAMES = tuple(STAGE_INPUTS)
 
 EPILOG = "Environment variables (all optional):\n" + Settings.describe()
 
@@ -48,8 +49,10 @@ def _parser() -> argparse.ArgumentParser:
             "consumer group, so every entry goes to one worker, and a dead worker's entries are reclaimed "
             "by the others after ROUTING_CLAIM_IDLE_MS. Requires REDIS_URL.")
     w.add_argument("--stages", default=",".join(STAGE_NAMES),
-                   help="comma list from: " + ", ".join(STAGE_NAMES) + " (alerts runs only if ROUTING_ALERT_URL is set)")
-    w.add_argument("--name", help="consumer name (default host-pid); reuse it after a restart to resume its pending entries")
+                   help="comma list from: " + ", ".join(STAGE_NAMES)
+                        + " (alerts runs only if ROUTING_ALERT_URL is set)")
+    w.add_argument("--name",
+                   help="consumer name (default host-pid); reuse it after a restart to resume its pending entries")
     w.add_argument("--metrics-port", type=int, default=0, help="serve this worker's Prometheus metrics on this port")
 
     t = add("train", "train the fast path (LightGBM) and the transformer fallback; write versioned artifacts",
@@ -62,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--models-dir", help="where artifacts go (ROUTING_MODELS_DIR, default state/models)")
     t.add_argument("--limit", type=int, default=0, help="train on the first N rows only (quick trials)")
     t.add_argument("--no-fallback", action="store_true", help="train only the fast path")
-    t.add_argument("--epochs", type=float, default=2.0, help="fallback fine-tuning epochs, may be fractional (default 2)")
+    t.add_argument("--epochs", type=float, default=2.0,
+                   help="fallback fine-tuning epochs, may be fractional (default 2)")
     t.add_argument("--max-seq-length", type=int, default=64, help="fallback token limit per ticket (default 64)")
     t.add_argument("--target-precision", type=float, help="precision the kept tickets must reach (default 0.9)")
     t.add_argument("--escalation-budget", type=float, help="most tickets sent to the fallback, a share (default 0.25)")
@@ -83,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _data_args(sp) -> None:
-    sp.add_argument("--data", help="CSV or JSONL of labelled tickets (default: BANKING77 train, shipped with the package)")
+    sp.add_argument("--data",
+                    help="CSV or JSONL of labelled tickets (default: BANKING77 train, shipped with the package)")
     sp.add_argument("--text-col", default="text", help="column with the ticket text (default: text)")
     sp.add_argument("--label-col", default="category", help="column with the label (default: category)")
 

@@ -61,7 +61,7 @@ class Settings:
     log_level: str = field(default="info", metadata={"env": "ROUTING_LOG_LEVEL", "help": "debug | info | warning"})
 
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
+    def from_env(cls, **overrides) -> Settings:
         values = {}
         for f in fields(cls):
             cast = {int: int, float: float, bool: bool}.get(type(f.default), str)

@@ -3,7 +3,10 @@
 from prometheus_client import Counter, Gauge, Histogram
 
 ENTRIES = Counter("routing_stage_entries_total", "Entries a stage finished, by outcome", ["stage", "outcome"])
-BATCH_SIZE = Histogram("routing_stage_batch_size", "Entries per batch", ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+BATCH_SIZE = Histogram(
+    "routing_stage_batch_size", "Entries per batch", ["stage"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 BATCH_SECONDS = Histogram(
     "routing_stage_batch_seconds", "Time to process and commit one batch", ["stage"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),

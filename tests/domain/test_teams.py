@@ -8,8 +8,9 @@ from collections import Counter
 import pytest
 import yaml
 
-from fixtures import SHARED
 from routing_engine.domain.teams import DEFAULT_TEAMS_PATH, load_teams
+
+from fixtures import SHARED
 
 
 def test_teams_yaml_covers_banking77_exactly_once():

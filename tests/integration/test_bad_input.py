@@ -15,14 +15,16 @@ async def _err(resp):
 
 
 async def test_invalid_json_is_400(pipeline):
-    resp = await pipeline.client.post("/v1/tickets", data=b'{"subject": "x",', headers={"Content-Type": "application/json"})
+    resp = await pipeline.client.post("/v1/tickets", data=b'{"subject": "x",',
+                                      headers={"Content-Type": "application/json"})
     assert resp.status == 400
     err = await _err(resp)
     assert err["code"] == "bad_request" and "invalid JSON" in err["message"]
 
 
 async def test_wrong_content_type_is_415(pipeline):
-    resp = await pipeline.client.post("/v1/tickets", data=b"subject=hi", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    resp = await pipeline.client.post("/v1/tickets", data=b"subject=hi",
+                                      headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert resp.status == 415
     assert "application/json" in (await _err(resp))["message"]
 

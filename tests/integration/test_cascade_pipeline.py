@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-
-import orjson
 from dataclasses import replace
 
+import orjson
 import pytest
 
-from fixtures import FIXTURE, InProcessPipeline, wait_for
+from routing_engine.stages.registry import PIPELINE_STAGES as STAGES  # noqa: E402
 
-STAGES = ("enrich", "fallback", "dedup", "route")
+from fixtures import FIXTURE, InProcessPipeline, wait_for
 
 
 @pytest.fixture(scope="session")

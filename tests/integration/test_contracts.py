@@ -7,8 +7,9 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from fixtures import wait_for
 from routing_engine.resources import streams_dir
+
+from fixtures import wait_for
 
 JSON_FIELDS = {b"data", b"fields", b"metadata"}
 
@@ -44,7 +45,8 @@ async def test_stream_entries_match_their_schemas(pipeline, r):
     # the alert stage isn't configured here (no URL), but the alert is still written to its stream
     pipeline.s = replace(pipeline.s)
     resp = await pipeline.client.post("/v1/tickets", json={
-        "id": "c-1", "subject": "URGENT card stolen", "body": "My card was stolen and someone is spending money right now!!",
+        "id": "c-1", "subject": "URGENT card stolen",
+        "body": "My card was stolen and someone is spending money right now!!",
         "customer": "acme", "channel": "email", "created_at": "2026-11-25T10:00:00Z", "metadata": {"plan": "gold"}})
     assert resp.status == 202
     await r.xadd(k.ingest, {"subject": "flat entry", "body": "card declined"})

@@ -129,7 +129,8 @@ async def test_dashboard_shows_tickets_incidents_and_breaker(live, browser, r):
     await live.post_batch(STORM)
     item = await page.wait_for_selector("#inc-list li", timeout=20_000)
     gid = await item.get_attribute("data-gid")
-    await page.wait_for_function("() => document.querySelector('#inc-list li .sample').textContent.includes('error 503')",
+    await page.wait_for_function("() => document.querySelector('#inc-list li .sample')"
+                                 ".textContent.includes('error 503')",
                                  timeout=5000)  # sample text comes from GET /v1/incidents
     await page.click(f'button[data-resolve="{gid}"]')
     await page.wait_for_selector(f'#inc-list li[data-gid="{gid}"]', state="detached", timeout=5000)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import orjson
 from aiohttp import web
 
@@ -129,7 +128,8 @@ async def test_resolve_frees_capacity_and_hands_out_next_queued(pipeline, r):
     ids = []
     for i in range(3):
         resp = await pipeline.client.post("/v1/tickets", json={
-            "id": f"card-{i}", "subject": "Card not arrived", "body": f"my new card has not arrived after {i + 5} days"})
+            "id": f"card-{i}", "subject": "Card not arrived",
+            "body": f"my new card has not arrived after {i + 5} days"})
         ids.append((await resp.json())["ticket_id"])
     recs = [await wait_for(lambda t=t: routed(pipeline, t)) for t in ids]
     assigned = [x for x in recs if x["status"] == "assigned"]
@@ -149,8 +149,9 @@ async def test_resolve_frees_capacity_and_hands_out_next_queued(pipeline, r):
 
 async def test_urgent_text_takes_the_priority_lane_ahead_of_a_backlog(settings, r):
     """A backlog sits in the ingest stream; an urgent ticket posted after it is routed before most of it."""
-    from fixtures import InProcessPipeline
     from routing_engine.infra.keys import Keys
+
+    from fixtures import InProcessPipeline
 
     k = Keys(settings.prefix)
     async with r.pipeline(transaction=False) as pipe:

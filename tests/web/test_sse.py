@@ -12,10 +12,10 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from routing_engine.infra.keys import Keys
 from routing_engine.web.app import make_app
 from routing_engine.web.hub import FloodMeter, Hub
 from routing_engine.web.state import STATE
-from routing_engine.infra.keys import Keys
 
 
 class SSE:
@@ -90,7 +90,8 @@ async def xadd(r, k: Keys, *types: str, **fields) -> list[str]:
 
 async def test_resume_from_last_event_id_then_live_without_duplicates(api, r, settings):
     k = Keys(settings.prefix)
-    ids = await xadd(r, k, "ticket.received", "ticket.received", "ticket.classified", "incident.opened", "breaker.state")
+    ids = await xadd(r, k, "ticket.received", "ticket.received", "ticket.classified", "incident.opened",
+                     "breaker.state")
     resp = await api.get("/v1/events", headers={"Last-Event-ID": ids[1]})
     assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
     sse = SSE(resp)

@@ -59,7 +59,7 @@ class Enriched:
         return {"data": orjson.dumps(self.data()), "emb": self.emb_bytes(), "ticket_id": self.ticket_id}
 
     @classmethod
-    def from_fields(cls, fields: dict[bytes, bytes]) -> "Enriched":
+    def from_fields(cls, fields: dict[bytes, bytes]) -> Enriched:
         data = orjson.loads(fields[b"data"])
         return cls(Ticket(**data["ticket"]), int(data["received_at"]), data["enrich"],
                    np.frombuffer(fields[b"emb"], dtype=np.float32))
@@ -96,13 +96,13 @@ class Deduped(Enriched):
         return {**super().data(), "dedup": self.dedup}
 
     @classmethod
-    def from_fields(cls, fields: dict[bytes, bytes]) -> "Deduped":
+    def from_fields(cls, fields: dict[bytes, bytes]) -> Deduped:
         data = orjson.loads(fields[b"data"])
         return cls(Ticket(**data["ticket"]), int(data["received_at"]), data["enrich"],
                    np.frombuffer(fields[b"emb"], dtype=np.float32), data["dedup"])
 
     @classmethod
-    def of(cls, msg: Enriched, grouping: Grouping) -> "Deduped":
+    def of(cls, msg: Enriched, grouping: Grouping) -> Deduped:
         return cls(msg.ticket, msg.received_at, msg.enrich, msg.emb, grouping.to_dict())
 
 
@@ -122,7 +122,7 @@ class Routed:
                 "group": msg.group, "received_at": msg.received_at}
 
     @classmethod
-    def from_fields(cls, fields: dict[bytes, bytes]) -> "Routed":
+    def from_fields(cls, fields: dict[bytes, bytes]) -> Routed:
         f = {k.decode(): v for k, v in fields.items()}
         return cls(f["ticket_id"].decode(), f["status"].decode(), f["assignee"].decode(), f["team"].decode(),
                    orjson.loads(f["data"]))

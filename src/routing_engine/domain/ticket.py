@@ -11,7 +11,6 @@ import orjson
 from ..errors import InvalidTicket
 from .schemas import validator
 
-
 # Every status a ticket record can hold, in pipeline order (each has its own index for GET /v1/tickets?status=).
 STATUSES = ("received", "escalated", "enriched", "grouped", "assigned", "queued", "attached", "resolved", "dead")
 
@@ -35,7 +34,7 @@ class Ticket:
         return orjson.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> "Ticket":
+    def from_json(cls, raw: bytes | str) -> Ticket:
         return cls(**orjson.loads(raw))
 
 

@@ -18,7 +18,8 @@ KEYWORD_GROUPS: dict[str, tuple[float, tuple[str, ...]]] = {
     "money_loss": (1.6, (
         r"charged twice", r"double[- ]charged", r"stolen", r"stole", r"fraud\w*", r"scam\w*",
         r"unauthori[sz]ed", r"lost (?:my |the )?(?:card|phone|wallet)", r"compromised", r"hacked",
-        r"(?:don'?t|do not|didn'?t|did not) recogni[sz]e", r"not recogni[sz]ed", r"someone (?:else )?(?:is )?(?:using|spending|took)",
+        r"(?:don'?t|do not|didn'?t|did not) recogni[sz]e", r"not recogni[sz]ed",
+        r"someone (?:else )?(?:is )?(?:using|spending|took)",
         r"money (?:is )?(?:gone|missing|disappeared)",
     )),
     "time_pressure": (1.4, (
@@ -48,7 +49,8 @@ EXCLAMATION_CAP = 3
 CAPS_WEIGHT = 1.5
 # Acronyms are written in capitals by everyone; they are not shouting.
 _ACRONYMS = {"ATM", "PIN", "USD", "EUR", "GBP", "API", "APP", "IBAN", "SWIFT", "SEPA", "FAQ", "NFC", "CVV", "CVC",
-             "HDFS", "YARN", "JVM", "JAR", "NPE", "SSL", "TLS", "URL", "HTTP", "HTTPS", "SQL", "DNS", "VPN", "AND", "THE"}
+             "HDFS", "YARN", "JVM", "JAR", "NPE", "SSL", "TLS", "URL", "HTTP", "HTTPS", "SQL", "DNS", "VPN",
+             "AND", "THE"}
 _WORD = re.compile(r"[A-Za-z][A-Za-z']+")
 
 _COMPILED = {

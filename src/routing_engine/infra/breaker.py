@@ -37,7 +37,7 @@ class Breaker:
         self._script = r.register_script(lua("breaker"))
 
     @classmethod
-    def for_fallback(cls, r: aioredis.Redis, s: Settings, k: Keys) -> "Breaker":
+    def for_fallback(cls, r: aioredis.Redis, s: Settings, k: Keys) -> Breaker:
         """The breaker in front of the transformer fallback, as the enrich and fallback stages share it."""
         return cls(r, k.breaker, k.events, BreakerPolicy(
             budget_ms=s.breaker_budget_ms, failure_threshold=s.breaker_failures, cooldown_ms=s.breaker_cooldown_ms,

@@ -10,16 +10,16 @@ from redis.exceptions import ResponseError
 
 from ..domain.ticket import STATUSES
 from .agents import list_agents
-from .keys import Keys
+from .keys import STAGE_INPUTS, Keys
 
-
-PIPELINE = (("ingest_urgent", "enrich"), ("ingest", "enrich"), ("escalate", "fallback"), ("enriched", "dedup"), ("deduped", "route"), ("alerts", "alerts"))
+# (stream attribute, consumer group) for every stage input, in pipeline order
+PIPELINE = tuple((attr, group) for group, attrs in STAGE_INPUTS.items() for attr in attrs)
 
 
 async def pipeline_state(r: aioredis.Redis, k: Keys) -> dict:
     """Per stream: length, and per consumer group: lag, pending, consumers (with idle ms)."""
     out = {}
-    for stream_attr, group in PIPELINE:
+    for stream_attr, _group in PIPELINE:
         stream = getattr(k, stream_attr)
         info = {"length": await r.xlen(stream), "groups": {}}
         try:
@@ -74,7 +74,8 @@ async def redis_metrics(r: aioredis.Redis, k: Keys) -> bytes:
             processed.add_metric([key.split(":", 1)[1]], v)
     dead = CounterMetricFamily("routing_dead_letters", "Entries moved to the dead-letter stream")
     dead.add_metric([], stats.get("dead_letters", 0))
-    alerts = CounterMetricFamily("routing_alerts_pipeline", "Alerts queued, sent, suppressed (all workers)", labels=["result"])
+    alerts = CounterMetricFamily("routing_alerts_pipeline", "Alerts queued, sent, suppressed (all workers)",
+                                 labels=["result"])
     for res in ("queued", "sent", "suppressed"):
         alerts.add_metric([res], stats.get(f"alerts_{res}", 0))
     statuses = GaugeMetricFamily("routing_tickets", "Tickets by status", labels=["status"])

@@ -10,6 +10,16 @@ from dataclasses import dataclass
 
 from ..domain.ticket import STATUSES
 
+# The pipeline's topology: each stage is a consumer group (named like the stage) reading these streams, given as
+# Keys attribute names, most urgent first. The stage registry, the CLI and the health report all read it here.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "enrich": ("ingest_urgent", "ingest"),
+    "fallback": ("escalate",),
+    "dedup": ("enriched",),
+    "route": ("deduped",),
+    "alerts": ("alerts",),
+}
+
 # The live feed is for watching, not an archive: ~100k entries is hours of a busy pipeline and a few tens of MB.
 EVENTS_MAXLEN = 100_000
 
@@ -21,6 +31,9 @@ class Keys:
     @property
     def base(self) -> str:
         return "{" + self.prefix + "}"
+
+    def stage_inputs(self, stage: str) -> list[str]:
+        return [getattr(self, attr) for attr in STAGE_INPUTS[stage]]
 
     # streams, in pipeline order
     @property

@@ -7,10 +7,10 @@ import redis.asyncio as aioredis
 
 from .keys import Keys
 
-
 _JSON_FIELDS = ("ticket", "enrich", "dedup", "route")
 
-_INT_FIELDS = ("received_at", "t_enrich", "t_enrich_start", "t_dedup", "t_route", "assigned_at", "resolved_at", "group_size")
+_INT_FIELDS = ("received_at", "t_enrich", "t_enrich_start", "t_dedup", "t_route", "assigned_at", "resolved_at",
+               "group_size")
 
 
 def render_ticket(h: dict[bytes, bytes]) -> dict:

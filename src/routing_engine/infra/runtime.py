@@ -58,15 +58,19 @@ class StageContext:
 
 
 class Stage:
-    """Base for a pipeline stage. Subclasses set name/input and implement process()."""
+    """Base for a pipeline stage. Subclasses set `name` (a key of STAGE_INPUTS) and implement process()."""
 
     name: str = "stage"
-    input: str = ""
 
     @property
     def inputs(self) -> list[str]:
         """Input streams, most urgent first; a batch takes what waits on the first before the rest."""
-        return [self.input]
+        return self.keys.stage_inputs(self.name)
+
+    @property
+    def input(self) -> str:
+        """The main input stream (the last of `inputs`: the one that is not a priority lane)."""
+        return self.inputs[-1]
 
     def __init__(self, settings: Settings, keys: Keys):
         self.settings = settings
@@ -180,7 +184,8 @@ class StageRunner:
         for e in entries:
             info = await self.r.xpending_range(e.stream, self.group, min=e.id, max=e.id, count=1)
             if info and info[0]["times_delivered"] > self.s.max_deliveries:
-                await self.dead_letter([Outcome(e, dead_reason=f"delivered {info[0]['times_delivered']} times without success")])
+                await self.dead_letter([Outcome(e, dead_reason=f"delivered {info[0]['times_delivered']} times "
+                                                               "without success")])
             else:
                 keep.append(e)
         return keep
@@ -261,7 +266,8 @@ class StageRunner:
         now = int(time.time() * 1000)
         async with self.r.pipeline(transaction=True) as pipe:
             for o in outcomes:
-                raw = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in o.entry.fields.items() if k != b"emb"}
+                raw = {k.decode(errors="replace"): v.decode(errors="replace")
+                       for k, v in o.entry.fields.items() if k != b"emb"}
                 tid = getattr(o.entry.value, "ticket_id", None) or raw.get("ticket_id", "")
                 pipe.xadd(self.k.dead, {
                     "stage": self.stage.name, "stream": o.entry.stream, "entry_id": o.entry.id,

@@ -48,7 +48,7 @@ class Write:
     command: tuple = ()
 
     @classmethod
-    def cmd(cls, *command) -> "Write":
+    def cmd(cls, *command) -> Write:
         return cls(command=command)
 
 

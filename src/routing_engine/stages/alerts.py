@@ -24,7 +24,6 @@ class AlertStage(Stage):
 
     def __init__(self, settings, keys):
         super().__init__(settings, keys)
-        self.input = keys.alerts
         self.session: aiohttp.ClientSession | None = None
 
     async def setup(self, ctx: StageContext) -> None:
@@ -48,7 +47,7 @@ class AlertStage(Stage):
                     error = f"HTTP {resp.status}"
                     if 400 <= resp.status < 500 and resp.status != 429:
                         return error  # the receiver rejects it; retrying won't help
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
         return error

@@ -33,7 +33,6 @@ class DedupStage(Stage):
 
     def __init__(self, settings, keys):
         super().__init__(settings, keys)
-        self.input = keys.enriched
         self.index: WindowIndex | None = None
         self.group_of: dict[str, str] = {}
         self.category_of: dict[str, str] = {}

@@ -39,14 +39,9 @@ class EnrichStage(Stage):
 
     def __init__(self, settings, keys, classifier: Classifier | None = None):
         super().__init__(settings, keys)
-        self.input = keys.ingest
         self.classifier = classifier
         self._checked = 0.0
         self._has_fallback = False
-
-    @property
-    def inputs(self) -> list[str]:
-        return [self.keys.ingest_urgent, self.keys.ingest]
 
     async def setup(self, ctx: StageContext) -> None:
         self.scripts = ctx.scripts

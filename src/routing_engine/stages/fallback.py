@@ -32,7 +32,6 @@ class FallbackStage(Stage):
 
     def __init__(self, settings, keys, model: FallbackModel | None = None):
         super().__init__(settings, keys)
-        self.input = keys.escalate
         self.model = model
         self._checked = 0.0
 

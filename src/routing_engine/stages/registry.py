@@ -11,6 +11,7 @@ from .enrich import EnrichStage
 from .fallback import FallbackStage
 from .route import RouteStage
 
+# In the order of infra.keys.STAGE_INPUTS (the topology); a test keeps the two equal.
 REGISTRY: dict[str, type[Stage]] = {
     "enrich": EnrichStage, "fallback": FallbackStage, "dedup": DedupStage, "route": RouteStage, "alerts": AlertStage,
 }

@@ -15,7 +15,6 @@ class RouteStage(Stage):
 
     def __init__(self, settings, keys):
         super().__init__(settings, keys)
-        self.input = keys.deduped
 
     async def setup(self, ctx: StageContext) -> None:
         self.r = ctx.r

@@ -24,7 +24,8 @@ min-height:90vh}}form{{background:#1a2028;padding:24px;border-radius:8px;display
 input,button{{font:inherit;padding:8px;border-radius:4px;border:1px solid #394452;background:#0f1419;color:inherit}}
 button{{background:#2f6feb;border:0;cursor:pointer}}.err{{color:#ff7b72}}</style></head>
 <body><form method="post" action="/login"><b>Live monitor</b>
-<label for="token">API token</label><input id="token" name="token" type="password" autocomplete="current-password" autofocus>
+<label for="token">API token</label><input id="token" name="token" type="password" \
+autocomplete="current-password" autofocus>
 {error}<button type="submit">Sign in</button></form></body></html>"""
 
 

@@ -45,5 +45,6 @@ async def auth_middleware(request: web.Request, handler):
     if token and not request.path.startswith(open_paths) and not _token_ok(request, token):
         if request.path == "/":  # a person at the dashboard gets the login form, not JSON
             return login_page()
-        return jresponse(error_body("unauthorized", "missing or wrong API token (Bearer header or routing_token cookie)"), 401)
+        return jresponse(error_body("unauthorized",
+                                    "missing or wrong API token (Bearer header or routing_token cookie)"), 401)
     return await handler(request)
