@@ -1,4 +1,5 @@
-"""Cascade models in isolation: LightGBM+linear calibrated fast path, tiny fine-tuned fallback, decide(), policy, eval CLI."""
+"""Cascade models in isolation: LightGBM+linear calibrated fast path, tiny fine-tuned fallback, decide(), policy,
+eval CLI."""
 
 from __future__ import annotations
 

@@ -8,11 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from fixtures import FIXTURE, UNSEEN
 from routing_engine.models.artifacts import new_version
 from routing_engine.models.classifier import Classifier, latest_model, load_latest
 from routing_engine.models.data import read_labelled
 from routing_engine.models.training import train
+
+from fixtures import FIXTURE, UNSEEN
 
 
 @pytest.fixture(scope="module")
@@ -73,4 +74,5 @@ def test_tiny_data_without_holdout(embedder):
     texts, labels = read_labelled(FIXTURE)
     clf = train(texts[::2], labels[::2], embedder, progress=False, holdout=0.0)
     assert "holdout_accuracy" not in clf.metrics
-    assert clf.predict(embedder.encode(["my card was stolen"]), ["my card was stolen"])[0].label == "lost_or_stolen_card"
+    text = "my card was stolen"
+    assert clf.predict(embedder.encode([text]), [text])[0].label == "lost_or_stolen_card"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures import FIXTURE
 from routing_engine.models.data import default_training_data, read_labelled
+
+from fixtures import FIXTURE
 
 
 def test_read_labelled_jsonl(tmp_path):

@@ -6,6 +6,7 @@ on Redis Cluster too; a second pipeline (another prefix) lands on another slot.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ..domain.ticket import STATUSES
@@ -79,10 +80,10 @@ class Keys:
     def idx_status(self, status: str) -> str:
         return f"{self.base}:idx:status:{status}"
 
-    @property
-    def idx_statuses(self) -> list[str]:
+    @functools.cached_property
+    def idx_statuses(self) -> tuple[str, ...]:
         """Every status index, in STATUSES order: scripts that move a ticket between statuses get all of them."""
-        return [self.idx_status(s) for s in STATUSES]
+        return tuple(self.idx_status(s) for s in STATUSES)
 
     @property
     def agents(self) -> str:

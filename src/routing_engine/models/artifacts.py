@@ -7,18 +7,18 @@ import hashlib
 import json
 import secrets
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 
 def new_version(kind: str) -> str:
     """`<kind>-<UTC time>-<random>`: sorts by time, never collides between two trainers."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return f"{kind}-{stamp}-{secrets.token_hex(3)}"
 
 
 def created_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def sha256_of(path: Path) -> str:

@@ -6,8 +6,9 @@ benchmark all apply exactly the same rule.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class Policy:
         return {k: float(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "Policy":
+    def from_dict(cls, d: dict[str, Any] | None) -> Policy:
         known = {f.name for f in fields(cls)}
         return cls(**{k: float(v) for k, v in (d or {}).items() if k in known})
 

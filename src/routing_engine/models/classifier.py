@@ -7,18 +7,19 @@ How it is trained is in training.py; the pooling weights and the temperature com
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..domain.teams import Teams, load_teams
 from .artifacts import newest_artifact, publish_dir
 from .calibration import pool, softmax
 from .cascade import Policy
 from .lexical import FILENAME as LEXICAL_FILE
 from .lexical import LexicalModel
 from .prediction import Prediction, predictions
-from ..domain.teams import Teams, load_teams
 
 OOD_BANK_ROWS = 20_000  # training embeddings kept (float16) for the nearest-neighbour out-of-distribution score
 OOD_K = 5
@@ -135,7 +136,7 @@ class Classifier:
         return final
 
     @classmethod
-    def load(cls, path: str | Path, teams: Teams | None = None) -> "Classifier":
+    def load(cls, path: str | Path, teams: Teams | None = None) -> Classifier:
         import lightgbm as lgb
 
         path = Path(path)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import structlog
@@ -58,7 +59,7 @@ def shared_embedder(
         return _shared[key]
 
 
-def embed_texts(texts: Sequence[str], embedder: Any, progress: bool = True) -> np.ndarray:
+def embed_texts(texts: Sequence[str], embedder: TextEmbedder, progress: bool = True) -> np.ndarray:
     from tqdm.auto import tqdm
 
     chunks = []

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .cascade import Policy, decide, should_escalate
 from .classifier import Classifier
-from .prediction import Prediction
 from .embedder import embed_texts
-
+from .prediction import Prediction
 
 COVERAGES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,6 @@ from ..domain.teams import Teams, load_teams
 from .artifacts import newest_artifact, publish_dir
 from .calibration import softmax
 from .prediction import Prediction, predictions
-
 
 FALLBACK_DIRNAME = "fallback"
 
@@ -110,7 +110,7 @@ class FallbackModel:
         return final
 
     @classmethod
-    def load(cls, path: str | Path, teams: Teams | None = None) -> "FallbackModel":
+    def load(cls, path: str | Path, teams: Teams | None = None) -> FallbackModel:
         torch = import_torch()
         from transformers import AutoTokenizer
 

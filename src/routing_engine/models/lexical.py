@@ -7,8 +7,8 @@ n-grams keep them. Pooled with the embedding models it lifted BANKING77 5-fold a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ class LexicalModel:
         self.word, self.char, self.W, self.b = word, char, W, b
 
     @classmethod
-    def fit(cls, texts: Sequence[str], y: np.ndarray, n_classes: int, seed: int = 0) -> "LexicalModel":
+    def fit(cls, texts: Sequence[str], y: np.ndarray, n_classes: int, seed: int = 0) -> LexicalModel:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
@@ -63,7 +63,7 @@ class LexicalModel:
         joblib.dump({"word": self.word, "char": self.char, "W": self.W, "b": self.b}, folder / FILENAME)
 
     @classmethod
-    def load(cls, folder: Path) -> "LexicalModel | None":
+    def load(cls, folder: Path) -> LexicalModel | None:
         import joblib
 
         path = Path(folder) / FILENAME

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -21,11 +21,12 @@ class Prediction:
                 "model": model, "top": [[label, round(float(c), 4)] for label, c in self.top]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Prediction":
+    def from_dict(cls, d: dict) -> Prediction:
         return cls(d["label"], d["team"], d["confidence"], [tuple(x) for x in d["top"]])
 
 
-def predictions(proba: np.ndarray, labels: Sequence[str], team_of: Callable[[str], str], k: int = 3) -> list[Prediction]:
+def predictions(proba: np.ndarray, labels: Sequence[str], team_of: Callable[[str], str],
+                k: int = 3) -> list[Prediction]:
     """One Prediction per row of class probabilities, with its top-k labels."""
     k = min(k, len(labels))
     out = []

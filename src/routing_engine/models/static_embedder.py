@@ -41,7 +41,7 @@ def distill_static(base_path: str | Path | None = None, out_dir: str | Path = ST
 
 def is_static_model(path: str | Path) -> bool:
     path = Path(path)
-    return (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file() and (path / "config.json").is_file()
+    return all((path / name).is_file() for name in ("model.safetensors", "tokenizer.json", "config.json"))
 
 
 class StaticEmbedder:

@@ -7,8 +7,9 @@ Beside it, `tune_policy` chooses the joint escalate/abstain thresholds once the 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,9 +23,6 @@ from .embedder import embed_texts
 from .lexical import DEFAULT_WEIGHT as LEXICAL_DEFAULT_WEIGHT
 from .lexical import WEIGHTS as LEXICAL_WEIGHTS
 from .lexical import LexicalModel
-
-
-
 
 REFIT_BELOW_ROWS = 2000
 
@@ -207,7 +205,8 @@ def train_on_embeddings(
         team_true = [teams.team_of(label_names[i]) for i in y[ho]]
         metrics["holdout_team_accuracy"] = round(float(np.mean([a == b for a, b in zip(team_pred, team_true)])), 4)
         eps = 1e-12
-        metrics["holdout_logloss_uncalibrated"] = round(float(-np.log(proba_raw[np.arange(len(ho)), y[ho]] + eps).mean()), 4)
+        rows = np.arange(len(ho))
+        metrics["holdout_logloss_uncalibrated"] = round(float(-np.log(proba_raw[rows, y[ho]] + eps).mean()), 4)
         metrics["holdout_logloss"] = round(float(-np.log(proba[np.arange(len(ho)), y[ho]] + eps).mean()), 4)
         metrics["holdout_ece_uncalibrated"] = round(ece(proba_raw.max(1), correct), 4)
         metrics["holdout_ece"] = round(ece(proba.max(1), correct), 4)
