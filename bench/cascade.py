@@ -31,8 +31,10 @@ from routing_engine.models.data import read_labelled  # noqa: E402
 from routing_engine.models.data import stratified_split as _split  # noqa: E402
 from routing_engine.models.embedder import shared_embedder  # noqa: E402
 from routing_engine.models.training import train_on_embeddings  # noqa: E402
+from routing_engine.resources import data_dir  # noqa: E402
 
-DATA = REPO.parent / "shared" / "datasets"
+DATA = REPO.parent / "shared" / "datasets"  # CLINC150 and BANKING77-OOS (evaluation only)
+BANKING77 = data_dir() / "banking77" / "train.csv"  # shipped with the package
 OUT = REPO / "bench" / "out" / "cascade.json"
 CACHE = Path(os.environ.get("ROUTING_EMB_CACHE", Path.home() / ".cache" / "routing-engine" / "embeddings"))
 RATES = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.50, 1.0)
@@ -195,7 +197,7 @@ def main() -> int:
 
     torch.set_num_threads(1)  # on 2 shared cores, spinning torch threads made everything ~20x slower
     embedder = shared_embedder()
-    texts, labels = read_labelled(DATA / "banking77" / "train.csv")
+    texts, labels = read_labelled(BANKING77)
     names = sorted(set(labels))
     y = np.array([names.index(lab) for lab in labels])
     t0 = time.perf_counter()

@@ -25,8 +25,9 @@ from measure_tau import pair_table  # noqa: E402  (bench/ is on sys.path when ru
 from routing_engine.config import Settings  # noqa: E402
 from routing_engine.models.embedder import make_embedder  # noqa: E402
 from routing_engine.models.training import train_on_embeddings  # noqa: E402
+from routing_engine.resources import data_dir  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "datasets" / "banking77" / "train.csv"
+DATA = data_dir() / "banking77" / "train.csv"  # shipped with the package
 OUT = ROOT / "bench" / "out" / "embedders.json"
 TAUS = [round(0.6 + 0.05 * i, 2) for i in range(8)]
 BATCH = 64

@@ -15,6 +15,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from routing_engine.models.minilm import Embedder  # noqa: E402
+from routing_engine.resources import data_dir  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets"
 OUT = ROOT / "bench" / "out" / "tau.json"
@@ -55,7 +56,7 @@ def clinc150(emb: Embedder) -> dict:
 def banking77(emb: Embedder, per_intent: int = 40, seed: int = 0) -> dict:
     # 40 per intent keeps the pair matrix and the embedding time small; same-intent density is unchanged.
     by = defaultdict(list)
-    with (DATA / "banking77" / "train.csv").open(newline="", encoding="utf-8") as f:
+    with (data_dir() / "banking77" / "train.csv").open(newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
             by[r["category"]].append(r["text"])
     rng = random.Random(seed)

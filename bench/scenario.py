@@ -24,10 +24,11 @@ from pathlib import Path
 
 import yaml
 
+from routing_engine.resources import data_dir
+
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "scenarios"
-DATASETS = HERE.parents[1] / "shared" / "datasets"
-NAMED_DATA = {"banking77": DATASETS / "banking77" / "train.csv"}
+NAMED_DATA = {"banking77": data_dir() / "banking77" / "train.csv"}  # shipped with the package (CC BY 4.0)
 
 FIRST = ["Ana", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jonas", "Kemi", "Liam", "Mona",
          "Noah", "Olga", "Priya", "Quinn", "Rosa", "Sam", "Tariq", "Uma", "Victor", "Wen", "Yusuf", "Zoe"]
@@ -114,7 +115,7 @@ def load_scenario(name_or_path: str) -> Scenario:
 def load_rows(data: str) -> list[tuple[str, str]]:
     path = NAMED_DATA.get(data, Path(data))
     if not path.is_file():
-        raise SystemExit(f"scenario data {data!r} not found ({path}); see ../shared/datasets/*/SOURCE.md")
+        raise SystemExit(f"scenario data {data!r} not found ({path}): give a CSV with text,category columns")
     with path.open(newline="", encoding="utf-8") as f:
         return [(r["text"].strip(), r["category"].strip()) for r in csv.DictReader(f) if r["text"].strip()]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,22 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="API bind address (ROUTING_HOST)")
     up.add_argument("--port", type=int, help="API port (ROUTING_PORT)")
     up.add_argument("--agents", help="agents YAML loaded at start (ROUTING_AGENTS_FILE)")
+
+    d = add("demo", "`up` plus a built-in flood replayed through the webhook, to watch on the live monitor",
+            "Start everything as `up` does (embedded Redis, first-start model, API, every stage) on the key prefix "
+            "'demo' (cleared first), then replay a small built-in flood through the webhook: background tickets "
+            "plus a storm of one intent, from the shipped BANKING77 texts. Open the printed address to watch the "
+            "ticket table, the flood state, an incident opening for the storm, agent load and the breaker. It "
+            "keeps serving --linger seconds after the flood, then stops; Ctrl-C stops it at any time.")
+    d.add_argument("--host", help="API bind address (ROUTING_HOST)")
+    d.add_argument("--port", type=int, help="API port (ROUTING_PORT)")
+    d.add_argument("--agents", help="agents YAML loaded at start (ROUTING_AGENTS_FILE)")
+    d.add_argument("--duration", type=float, default=45.0, help="seconds of traffic (default 45)")
+    d.add_argument("--linger", type=float, default=60.0, help="seconds to keep serving after the flood (default 60)")
+    d.add_argument("--storm-intent", default="declined_cash_withdrawal",
+                   help="BANKING77 intent of the storm (default declined_cash_withdrawal: an ATM outage)")
+    d.add_argument("--storm-rate", type=float, default=30.0, help="storm tickets/s (default 30)")
+    d.add_argument("--rate", type=float, default=3.0, help="background tickets/s (default 3)")
 
     api = add("api", "the HTTP API alone (webhook door, JSON API, health, metrics)",
               "Serve the HTTP API. Workers run separately (`routing-engine worker`) and share the work "
@@ -172,7 +189,21 @@ def cmd_serve(args, s: Settings) -> int:
 
     embedded = None
     try:
-        if args.cmd == "up":
+        if args.cmd == "demo":
+            from dataclasses import replace
+
+            from .demo import DemoPlan
+
+            plan = DemoPlan(duration_s=args.duration, background_rate=args.rate, storm_intent=args.storm_intent,
+                            storm_rate=args.storm_rate)
+            service.ensure_model(s)
+            s, embedded = service.with_embedded_redis(s)
+            if "ROUTING_PREFIX" not in os.environ:
+                s = replace(s, prefix="demo")  # never mixes with a real pipeline's keys on the same Redis
+            print(f"Redis    {s.redis_url}  (key prefix {{{s.prefix}}})", flush=True)
+            asyncio.run(service.demo(s, plan, linger_s=args.linger, agents_file=args.agents,
+                                     say=lambda m: print(m, flush=True)))
+        elif args.cmd == "up":
             service.ensure_model(s)
             s, embedded = service.with_embedded_redis(s)
             where = f"  (embedded, data in {embedded.dir})" if embedded else ""

@@ -31,7 +31,8 @@ from .web.app import make_app
 
 log = structlog.get_logger("service")
 
-__all__ = ["STAGES", "PIPELINE_STAGES", "build_stages", "ensure_model", "with_embedded_redis", "serve", "running"]
+__all__ = ["STAGES", "PIPELINE_STAGES", "build_stages", "ensure_model", "with_embedded_redis", "serve", "running",
+           "demo"]
 
 
 def ensure_model(s: Settings) -> None:
@@ -124,6 +125,58 @@ async def serve(s: Settings, *, stages: list[str] | tuple[str, ...] = (), consum
                 await run.task  # a stage that fails for good stops the worker (its error is raised here)
             else:
                 await run.stop.wait()
+    finally:
+        await r.aclose()
+        log.info("shutdown.complete")
+
+
+async def _delete_prefix(r: aioredis.Redis, prefix: str) -> int:
+    keys = [k async for k in r.scan_iter(match="{" + prefix + "}*", count=1000)]
+    for i in range(0, len(keys), 500):
+        await r.delete(*keys[i:i + 500])
+    return len(keys)
+
+
+async def demo(s: Settings, plan, *, linger_s: float = 60.0, agents_file: str | None = None, say=print) -> dict:
+    """`up` plus the built-in flood (demo.py) replayed through this process's own webhook, on a fresh key prefix;
+    serves `linger_s` more seconds after the flood for a look around, then stops (or at SIGINT/SIGTERM)."""
+    from . import demo as demo_mod
+    from .infra import records
+
+    planned = demo_mod.plan_tickets(demo_mod.read_rows(demo_mod.demo_data()), plan)
+    r = aioredis.from_url(s.redis_url, health_check_interval=30)
+    await r.ping()
+    try:
+        await _delete_prefix(r, s.prefix)  # every demo starts from an empty board
+        async with running(s, r, stages=STAGES, consumer="demo", api=True, agents_file=agents_file) as run:
+            _stop_on_signals(run.stop)
+            url = f"http://{'127.0.0.1' if s.host in ('0.0.0.0', '::') else s.host}:{s.port}"
+            n_storm = sum(1 for _, t in planned if t["id"].startswith("demo-storm"))
+            say(f"demo     open {url}/ in a browser (the live monitor); the flood starts now and lasts "
+                f"{plan.duration_s:.0f} s:")
+            say(f"demo     {len(planned)} tickets: background at {plan.background_rate:g}/s, and from "
+                f"{plan.storm_start_s:g} s a storm of {n_storm} '{plan.storm_intent}' tickets at {plan.storm_rate:g}/s")
+            say("demo     watch: the ticket table fill, the flood chart turn FLOOD, an incident open for the storm "
+                "(incidents panel), agents load up, the breaker card; click a ticket row for its decision trail")
+            stats = await demo_mod.replay(url, planned, run.stop, token=s.api_token, say=say)
+            k = Keys(s.prefix)
+            deadline = asyncio.get_running_loop().time() + 60
+            while not run.stop.is_set() and asyncio.get_running_loop().time() < deadline:
+                if await r.xlen(k.routed) >= stats["sent"]:
+                    break
+                await asyncio.sleep(0.5)
+            stats["routed"] = await r.xlen(k.routed)
+            incidents = await records.list_incidents(r, k)
+            stats["incidents"] = [{"id": i["incident_id"], "size": i["size"], "team": i["team"]} for i in incidents]
+            say(f"demo     {stats['sent']} sent, {stats['routed']} routed, {len(incidents)} incident(s): "
+                + ", ".join(f"{i['incident_id']} ({i['size']} tickets, {i['team']})" for i in incidents[:5]))
+            if linger_s > 0 and not run.stop.is_set():
+                say(f"demo     still serving {url}/ for {linger_s:.0f} s (Ctrl-C stops it now)")
+                try:
+                    await asyncio.wait_for(run.stop.wait(), linger_s)
+                except TimeoutError:
+                    pass
+            return stats
     finally:
         await r.aclose()
         log.info("shutdown.complete")
