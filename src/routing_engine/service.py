@@ -31,6 +31,8 @@ from .web.app import make_app
 
 log = structlog.get_logger("service")
 
+SHUTDOWN_TIMEOUT_S = 5.0
+
 __all__ = ["STAGES", "PIPELINE_STAGES", "build_stages", "ensure_model", "with_embedded_redis", "serve", "running",
            "demo"]
 
@@ -68,7 +70,8 @@ async def running(s: Settings, r: aioredis.Redis, *, stages: list[str] | tuple[s
     handle = _Running()
     if api:
         handle.agents = await load_agents_file(r, Keys(s.prefix), agents_file or s.agents_file or None)
-        runner = web.AppRunner(make_app(s, r), access_log=None)
+        # requests are short and SSE streams are closed at shutdown, so a few seconds bound a clean stop
+        runner = web.AppRunner(make_app(s, r), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         site = web.TCPSite(runner, host or s.host, s.port if port is None else port)
         await site.start()
@@ -86,6 +89,7 @@ async def running(s: Settings, r: aioredis.Redis, *, stages: list[str] | tuple[s
             await asyncio.gather(handle.task, return_exceptions=True)
         if handle.runner is not None:
             await handle.runner.cleanup()
+            log.info("shutdown.api_closed")
 
 
 class _Running:

@@ -155,14 +155,14 @@ class Hub:
             self.teams.update(s.decode()[6:] for s in skills if s.startswith(b"skill:"))
         self._task = asyncio.create_task(self._run(), name="events-hub")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 5.0) -> None:
         self.close_clients()
         if self._task:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # bounded: a reader cancelled inside a blocking XREAD must not hold the shutdown up
+            done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
+            if not done:
+                log.warning("events.hub_stop_timeout", seconds=timeout_s)
 
     def close_clients(self) -> None:
         for c in list(self.clients):
