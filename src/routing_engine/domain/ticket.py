@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -9,7 +10,15 @@ from datetime import datetime
 import orjson
 
 from ..errors import InvalidTicket
-from .schemas import validator
+from .schemas import schema, validator
+
+# Client ids become Redis key names ({re}:t:<id>) and URL path segments, so they keep to a safe alphabet; the
+# pattern is the schema's (the wire truth), matched whole here: jsonschema's search lets `$` pass a final newline.
+ID_PATTERN = re.compile(schema("ticket")["properties"]["id"]["pattern"])
+ID_MAX = schema("ticket")["properties"]["id"]["maxLength"]
+ID_RULE = f"letters, digits, '.', '_', '-'; 1-{ID_MAX} characters; not starting with '.' and no '..'"
+# orjson reads 1024 levels but writes only 255: deeper metadata would fail later, on the way to Redis
+MAX_METADATA_DEPTH = 32
 
 # Every status a ticket record can hold, in pipeline order (each has its own index for GET /v1/tickets?status=).
 STATUSES = ("received", "escalated", "enriched", "grouped", "assigned", "queued", "attached", "resolved", "dead")
@@ -48,6 +57,22 @@ def _field(err) -> str:
     return path or "(root)"
 
 
+def valid_id(value: str) -> bool:
+    return len(value) <= ID_MAX and ID_PATTERN.fullmatch(value) is not None
+
+
+def _deeper_than(obj, limit: int) -> bool:
+    """Whether containers nest more than `limit` levels ({} alone is 1); stops at the first one too deep."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
 def _is_datetime(value: str) -> bool:
     # jsonschema only checks "format" when an optional package is present; check it here either way
     try:
@@ -68,6 +93,12 @@ def validate(obj, max_text_chars: int = 20_000, ticket_id: str | None = None) ->
             problems.append({"field": "subject", "problem": "missing text: give a non-empty subject or body"})
         else:
             problems.append({"field": _field(err), "problem": err.message})
+    cid = obj.get("id")
+    if isinstance(cid, str) and cid and not valid_id(cid) and not any(p["field"] == "id" for p in problems):
+        problems.append({"field": "id", "problem": f"{cid!r} is not a valid id ({ID_RULE})"})
+    metadata = obj.get("metadata")
+    if isinstance(metadata, dict) and _deeper_than(metadata, MAX_METADATA_DEPTH):
+        problems.append({"field": "metadata", "problem": f"nested deeper than {MAX_METADATA_DEPTH} levels"})
     created = obj.get("created_at")
     if isinstance(created, str) and not _is_datetime(created):
         problems.append({"field": "created_at", "problem": f"{created!r} is not an ISO 8601 date-time"})
@@ -92,30 +123,41 @@ def validate(obj, max_text_chars: int = 20_000, ticket_id: str | None = None) ->
     )
 
 
+def _text(name: str, raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidTicket([{"field": name, "problem": f"not UTF-8 text (byte {exc.start})"}]) from None
+
+
 def from_stream_entry(entry_id: str, fields: dict[bytes, bytes], max_text_chars: int = 20_000,
                       id_prefix: str = "s") -> Ticket:
     """Stream door. Accepts `data=<ticket JSON>` (the contract) or flat fields (handy from redis-cli).
 
     An entry without a client id gets one derived from its stream id, so a redelivery maps to the same ticket.
+    Anything malformed (not UTF-8 included) raises InvalidTicket, which the runtime dead-letters with the reason.
     """
     derived = id_prefix + entry_id.replace("-", "_")
+    door_id = None
+    if b"ticket_id" in fields:
+        # written by our HTTP door, but anyone can XADD it: it must be as safe as a client id
+        door_id = _text("ticket_id", fields[b"ticket_id"])
+        if not valid_id(door_id):
+            raise InvalidTicket([{"field": "ticket_id", "problem": f"{door_id!r} is not a valid id ({ID_RULE})"}])
     if b"data" in fields:
         try:
             obj = orjson.loads(fields[b"data"])
         except orjson.JSONDecodeError as exc:
             raise InvalidTicket([{"field": "data", "problem": f"not valid JSON: {exc}"}]) from None
     else:
-        try:
-            obj = {k.decode(): v.decode() for k, v in fields.items() if k != b"ticket_id"}
-        except UnicodeDecodeError:
-            raise InvalidTicket([{"field": "(entry)", "problem": "fields are not UTF-8 text"}]) from None
+        names = {k: _text("(entry)", k) for k in fields if k != b"ticket_id"}
+        obj = {name: _text(name, fields[k]) for k, name in names.items()}
         if "metadata" in obj:
             try:
                 obj["metadata"] = orjson.loads(obj["metadata"])
             except orjson.JSONDecodeError:
                 raise InvalidTicket([{"field": "metadata", "problem": "not valid JSON"}]) from None
     ticket = validate(obj, max_text_chars, ticket_id=derived)
-    if b"ticket_id" in fields and not ticket.client_id:
-        # written by our HTTP door, which already chose the id
-        ticket.ticket_id = fields[b"ticket_id"].decode()
+    if door_id is not None and not ticket.client_id:
+        ticket.ticket_id = door_id
     return ticket
