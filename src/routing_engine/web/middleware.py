@@ -3,27 +3,22 @@ open paths."""
 
 from __future__ import annotations
 
-import hmac
-
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from ..errors import BadRequest, InvalidTicket, RoutingError
+from ..errors import RoutingError
 from .dashboard import login_page
 from .responses import error_body, jresponse
 from .state import state
+from .tokens import token_matches
 
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler):
     try:
         return await handler(request)
-    except InvalidTicket as exc:
-        return jresponse(error_body(exc.code, str(exc), problems=exc.problems), exc.status)
-    except BadRequest as exc:
-        return jresponse(error_body(exc.code, str(exc), field=exc.field), exc.status)
     except RoutingError as exc:
-        return jresponse(error_body(exc.code, str(exc)), exc.status)
+        return jresponse(error_body(exc.code, str(exc), **exc.details), exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -35,7 +30,7 @@ async def errors_middleware(request: web.Request, handler):
 def _token_ok(request: web.Request, token: str) -> bool:
     auth = request.headers.get("Authorization", "")
     given = auth[7:] if auth.startswith("Bearer ") else request.cookies.get("routing_token", "")
-    return bool(given) and hmac.compare_digest(given, token)
+    return token_matches(given, token)
 
 
 @web.middleware

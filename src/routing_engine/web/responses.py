@@ -5,10 +5,12 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from ..domain.ticket import MAX_METADATA_DEPTH
+from ..errors import BadRequest, PayloadTooLarge, TooDeep, UnsupportedMediaType
 from .state import state
 
 MAX_BATCH = 1000
+PARSER_DEPTH = 1024  # orjson's own limit: deeper JSON is refused while parsing
 
 
 def jresponse(data, status: int = 200) -> web.Response:
@@ -20,21 +22,28 @@ def error_body(code: str, message: str, **extra) -> dict:
 
 
 async def read_json(request: web.Request):
+    """The whole body (in however many segments or chunks it arrives) up to the door's limit, parsed."""
     s = state(request).settings
     ctype = request.content_type
     if ctype != "application/json":
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {ctype or 'none'}")
     limit = s.max_body_bytes * (MAX_BATCH if request.path.endswith("/batch") else 1)
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"body is {request.content_length} bytes; the limit is {limit}")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        raise PayloadTooLarge(f"body is {request.content_length} bytes; the limit is {limit}", limit=limit)
+    raw = bytearray()
+    # content.read(n) returns only what is buffered now; iterating waits for the rest, chunked or not
+    async for chunk in request.content.iter_any():
+        raw += chunk
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", limit=limit)
     if not raw.strip():
         raise BadRequest("empty body: expected a JSON object", field="(body)")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):
+            raise TooDeep(f"JSON nested deeper than {PARSER_DEPTH} levels (ticket metadata may nest "
+                          f"{MAX_METADATA_DEPTH})", field="(body)", limit=PARSER_DEPTH) from None
         raise BadRequest(f"invalid JSON: {exc}", field="(body)") from None
 
 
