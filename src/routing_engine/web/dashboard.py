@@ -6,13 +6,13 @@ or the login form) and then rides on an HttpOnly, SameSite=Strict cookie, which 
 
 from __future__ import annotations
 
-import hmac
 import html
 
 from aiohttp import web
 
 from ..resources import asset_dir
 from .state import STATE
+from .tokens import token_matches
 
 COOKIE = "routing_token"
 
@@ -44,7 +44,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/")
     if request.method == "GET" and not given:
         return login_page(status=200)
-    if not hmac.compare_digest(given, token):
+    if not token_matches(given, token):
         return login_page("wrong token")
     # 303: the browser follows with a GET, and the token never stays in the address bar
     resp = web.HTTPSeeOther("/")
