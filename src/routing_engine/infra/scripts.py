@@ -15,6 +15,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from ..config import Settings
+from ..domain.idempotency import body_hash
 from ..domain.ticket import STATUSES
 from ..resources import streams_dir
 from .keys import EVENTS_MAXLEN, Keys
@@ -101,9 +102,12 @@ class Scripts:
     # ---- calls made directly (doors, operator actions, the runtime's dead letters)
 
     def ingest(self, *, ticket_id: str, ticket_json: bytes, lane: str, client=None):
+        """ingest.lua: replies {stream_id, created (1 new, 0 duplicate, -1 id taken by another body), accepted
+        hash}; `ticket_json` is the canonical JSON, whose hash the record keeps."""
         k, s = self.k, self.s
         return self.call("ingest", [k.ticket(ticket_id), lane, k.idx_all, k.idx_status("received"), k.events],
-                         [ticket_id, ticket_json, now_ms(), s.stream_maxlen, s.ticket_ttl_s, EVENTS_MAXLEN], client)
+                         [ticket_id, ticket_json, now_ms(), s.stream_maxlen, s.ticket_ttl_s, EVENTS_MAXLEN,
+                          body_hash(ticket_json)], client)
 
     def mark_dead(self, *, ticket_id: str, reason: str, at_ms: int, client=None):
         return self.call("mark_dead", [self.k.ticket(ticket_id), *self.k.idx_statuses],

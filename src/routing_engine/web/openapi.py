@@ -12,6 +12,10 @@ from ..resources import streams_dir
 _ERR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+def _err(desc: str) -> dict:
+    return {**_ERR, "description": desc}
+
+
 def _json(desc: str, schema: dict | None = None) -> dict:
     return {"description": desc, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
@@ -36,7 +40,14 @@ def openapi_doc() -> dict:
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "properties": {
                     "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"},
                     "problems": {"type": "array", "items": {"type": "object", "properties": {
-                        "field": {"type": "string"}, "problem": {"type": "string"}}}}}}}},
+                        "field": {"type": "string"}, "problem": {"type": "string"}}}},
+                    "limit": {"type": "integer", "description": "413: the byte limit; 422 too_deep: the nesting limit"},
+                    "ticket_id": {"type": "string", "description": "409 id_conflict: the id"},
+                    "accepted_sha256": {"type": "string", "description": "409 id_conflict: sha256 hex of the canonical "
+                                        "JSON (keys sorted) of the body first accepted under this id"},
+                    "posted_sha256": {"type": "string", "description": "409 id_conflict: the same, of the body posted"},
+                    "status": {"type": "integer", "description": "batch items only: the status this item alone "
+                               "would get (409, 422)"}}}}},
                 "Agent": {"type": "object", "properties": {
                     "name": {"type": "string"}, "capacity": {"type": "integer", "minimum": 0},
                     "skills": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}},
@@ -46,20 +57,30 @@ def openapi_doc() -> dict:
         "security": [{"bearer": []}, {"cookie": []}, {}],
         "paths": {
             "/v1/tickets": {
-                "post": {"summary": "Submit a ticket (webhook door). `id` is an idempotency key.",
+                "post": {"summary": "Submit a ticket (webhook door). `id` is an idempotency key: the same id and body "
+                                    "again is 202 with duplicate=true, the same id with another body is 409.",
                          "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ticket"}}}},
                          "responses": {"202": _json("Accepted", {"$ref": "#/components/schemas/Accepted"}),
-                                       "400": _ERR, "413": _ERR, "415": _ERR, "422": _ERR}},
+                                       "400": _ERR, "409": _err("id_conflict: the id was accepted with another body "
+                                                                "(both bodies' sha256 in the error)"),
+                                       "413": _err("body over ROUTING_MAX_BODY_BYTES (`limit` in the error)"),
+                                       "415": _ERR, "422": _err("breaks the schema (the field is named), metadata "
+                                                                "nested deeper than 32, or JSON deeper than 1024")}},
                 "get": {"summary": "Newest tickets, optionally by status",
                         "parameters": [{"name": "status", "in": "query", "schema": {"type": "string"}},
                                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
                         "responses": {"200": _json("Tickets"), "400": _ERR}},
             },
             "/v1/tickets/batch": {"post": {
-                "summary": "Submit up to 1000 tickets; each is accepted or rejected on its own",
+                "summary": "Submit up to 1000 tickets; each is accepted, a duplicate, or rejected (its own error with "
+                           "its status: 422 invalid, 409 id conflict) on its own",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "array", "items": {"$ref": "#/components/schemas/Ticket"}, "maxItems": 1000}}}},
-                "responses": {"202": _json("Per-ticket results"), "400": _ERR, "413": _ERR, "415": _ERR, "422": _ERR}}},
+                "responses": {"202": _json("Per-ticket results: at least one ticket accepted or a duplicate"),
+                              "400": _ERR, "409": _json("Per-ticket results: every item was an id conflict"),
+                              "413": _err("body over 1000 x ROUTING_MAX_BODY_BYTES (`limit` in the error)"),
+                              "415": _ERR, "422": _json("Per-ticket results with none accepted; or an Error "
+                                                        "(too_deep: JSON deeper than 1024)")}}},
             "/v1/tickets/{ticket_id}": {"get": {"summary": "A ticket with its whole decision trail", "parameters": [tid],
                                                 "responses": {"200": _json("Ticket record"), "404": _ERR}}},
             "/v1/tickets/{ticket_id}/resolve": {"post": {

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
 from ..config import Settings
 from ..domain import urgency
+from ..domain.idempotency import body_hash, canonical_json
 from ..domain.ticket import STATUSES, Ticket, validate
-from ..errors import BadRequest, Conflict, InvalidTicket, NotFound
+from ..errors import BadRequest, Conflict, IdConflict, InvalidTicket, NotFound, RoutingError
 from ..infra import operations, records
 from ..infra.keys import Keys
 from ..metrics import HTTP_TICKETS
@@ -24,16 +24,26 @@ def _lane(s: Settings, k: Keys, ticket: Ticket) -> str:
     return k.ingest_urgent if pre > s.urgent_threshold else k.ingest
 
 
-def _ingest_call(app: web.Application, obj, ticket: Ticket, client=None):
+def _ingest_call(app: web.Application, body: bytes, ticket: Ticket, client=None):
     st = app[STATE]
-    # the stream carries the client's object as sent; the enrich stage validates it again (same schema)
-    return st.scripts.ingest(ticket_id=ticket.ticket_id, ticket_json=orjson.dumps(obj),
+    # the stream carries the client's object (canonical JSON); the enrich stage validates it again (same schema)
+    return st.scripts.ingest(ticket_id=ticket.ticket_id, ticket_json=body,
                              lane=_lane(st.settings, st.keys, ticket), client=client)
 
 
+def _conflict(ticket: Ticket, accepted: bytes, body: bytes) -> IdConflict:
+    return IdConflict(f"id {ticket.ticket_id!r} was accepted with another body; post it with a new id, or resend "
+                      "the body first accepted", field="id", ticket_id=ticket.ticket_id,
+                      accepted_sha256=accepted.decode(), posted_sha256=body_hash(body))
+
+
 async def _accept(app: web.Application, obj) -> tuple[Ticket, str, bool]:
+    """One ticket through the door: (ticket, stream id, created); raises InvalidTicket or IdConflict."""
     ticket = validate(obj, app[STATE].settings.max_text_chars)
-    sid, created = await _ingest_call(app, obj, ticket)
+    body = canonical_json(obj)
+    sid, created, accepted = await _ingest_call(app, body, ticket)
+    if created == -1:
+        raise _conflict(ticket, accepted, body)
     return ticket, sid.decode(), bool(created)
 
 
@@ -45,37 +55,51 @@ async def post_ticket(request: web.Request) -> web.Response:
     except InvalidTicket:
         HTTP_TICKETS.labels("invalid").inc()
         raise
+    except IdConflict:
+        HTTP_TICKETS.labels("conflict").inc()
+        raise
     HTTP_TICKETS.labels("accepted" if created else "duplicate").inc()
     return jresponse({"ticket_id": ticket.ticket_id, "stream_id": sid, "duplicate": not created}, 202)
 
 
+def _item_error(i: int, exc: RoutingError) -> dict:
+    return {"index": i, "error": {"status": exc.status, **error_body(exc.code, str(exc), **exc.details)["error"]}}
+
+
 @routes.post("/v1/tickets/batch")
 async def post_batch(request: web.Request) -> web.Response:
-    """Up to 1000 tickets in one request; each is accepted or rejected on its own."""
+    """Up to 1000 tickets in one request; each is accepted, a duplicate, or rejected (422, 409) on its own."""
     items = await read_json(request)
     if not isinstance(items, list) or not items or len(items) > MAX_BATCH:
         raise BadRequest(f"expected a JSON array of 1..{MAX_BATCH} tickets", field="(body)")
     app = request.app
     st = app[STATE]
     results: list[dict] = []
-    accepted: list[tuple[int, Ticket]] = []
+    accepted: list[tuple[int, Ticket, bytes]] = []
     async with st.redis.pipeline(transaction=False) as pipe:
         for i, obj in enumerate(items):
             try:
                 ticket = validate(obj, st.settings.max_text_chars)
             except InvalidTicket as exc:
                 HTTP_TICKETS.labels("invalid").inc()
-                results.append({"index": i, "error": error_body(exc.code, str(exc), problems=exc.problems)["error"]})
+                results.append(_item_error(i, exc))
                 continue
-            accepted.append((i, ticket))
+            body = canonical_json(obj)
+            accepted.append((i, ticket, body))
             results.append({})
-            await _ingest_call(app, obj, ticket, client=pipe)
+            await _ingest_call(app, body, ticket, client=pipe)
         replies = await pipe.execute() if accepted else []
     slots = [r for r in results if not r]
-    for slot, (i, ticket), (sid, created) in zip(slots, accepted, replies):
+    for slot, (i, ticket, body), (sid, created, hash_) in zip(slots, accepted, replies):
+        if created == -1:
+            HTTP_TICKETS.labels("conflict").inc()
+            slot.update(_item_error(i, _conflict(ticket, hash_, body)))
+            continue
         HTTP_TICKETS.labels("accepted" if created else "duplicate").inc()
         slot.update({"index": i, "ticket_id": ticket.ticket_id, "stream_id": sid.decode(), "duplicate": not created})
-    status = 202 if any("ticket_id" in r for r in results) else 422
+    # 202 when any ticket is in (new or duplicate); else the failure every item shares, 422 when they differ
+    statuses = {r["error"]["status"] for r in results if "error" in r}
+    status = 202 if any("ticket_id" in r for r in results) else statuses.pop() if len(statuses) == 1 else 422
     return jresponse({"results": results}, status)
 
 
