@@ -264,19 +264,25 @@ class StageRunner:
 
     async def dead_letter(self, outcomes: list[Outcome]) -> None:
         now = int(time.time() * 1000)
+        ingest = (self.k.ingest, self.k.ingest_urgent)
         async with self.r.pipeline(transaction=True) as pipe:
             for o in outcomes:
                 raw = {k.decode(errors="replace"): v.decode(errors="replace")
                        for k, v in o.entry.fields.items() if k != b"emb"}
-                tid = getattr(o.entry.value, "ticket_id", None) or raw.get("ticket_id", "")
-                pipe.xadd(self.k.dead, {
-                    "stage": self.stage.name, "stream": o.entry.stream, "entry_id": o.entry.id,
-                    "reason": o.dead_reason, "ticket_id": tid, "fields": orjson.dumps(raw), "at": now,
-                }, maxlen=self.s.stream_maxlen, approximate=True)
-                pipe.xadd(self.k.events, {"type": "ticket.dead", "ticket_id": tid, "reason": o.dead_reason[:300]},
-                          maxlen=EVENTS_MAXLEN, approximate=True)
+                tid = self._verified_id(o.entry)
+                letter = {"stage": self.stage.name, "stream": o.entry.stream, "entry_id": o.entry.id,
+                          "reason": o.dead_reason, "ticket_id": tid, "fields": orjson.dumps(raw), "at": now}
+                if raw.get("ticket_id", tid) != tid:
+                    # what the entry claims, kept for the operator only: anyone can XADD any ticket_id
+                    letter["ticket_id_unverified"] = raw["ticket_id"]
+                pipe.xadd(self.k.dead, letter, maxlen=self.s.stream_maxlen, approximate=True)
                 if tid:
-                    await self.scripts.mark_dead(ticket_id=tid, reason=o.dead_reason, at_ms=now, client=pipe)
+                    # the script marks the ticket only if this entry owns it and it is not routed yet
+                    await self.scripts.mark_dead(ticket_id=tid, reason=o.dead_reason, at_ms=now, client=pipe,
+                                                 owner=o.entry.id if o.entry.stream in ingest else "")
+                else:
+                    pipe.xadd(self.k.events, {"type": "ticket.dead", "ticket_id": "", "reason": o.dead_reason[:300]},
+                              maxlen=EVENTS_MAXLEN, approximate=True)
                 pipe.xack(o.entry.stream, self.group, o.entry.id)
                 pipe.hdel(self.k.fails(self.stage.name), o.entry.id)
             pipe.hincrby(self.k.stats, "dead_letters", len(outcomes))
@@ -284,6 +290,18 @@ class StageRunner:
         ENTRIES.labels(self.stage.name, "dead").inc(len(outcomes))
         for o in outcomes:
             log.warning("stage.dead_letter", stage=self.stage.name, entry=o.entry.id, reason=o.dead_reason)
+
+    def _verified_id(self, entry: Entry) -> str:
+        """The ticket id of the entry as the stage validated it, '' when there is none. An entry the reclaimer gives
+        up on was never decoded: decode it now; if that fails, nothing in its fields can be trusted."""
+        value = entry.value
+        if value is None:
+            try:
+                value = self.stage.decode(entry)
+            except Exception:  # whatever decode raises, the answer is the same: unverified
+                return ""
+        tid = getattr(value, "ticket_id", None)
+        return tid if isinstance(tid, str) else ""
 
 
 async def run_stages(r: aioredis.Redis, stages: list[Stage], consumer: str, stop: asyncio.Event) -> None:

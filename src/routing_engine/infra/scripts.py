@@ -109,6 +109,7 @@ class Scripts:
                          [ticket_id, ticket_json, now_ms(), s.stream_maxlen, s.ticket_ttl_s, EVENTS_MAXLEN,
                           body_hash(ticket_json)], client)
 
-    def mark_dead(self, *, ticket_id: str, reason: str, at_ms: int, client=None):
-        return self.call("mark_dead", [self.k.ticket(ticket_id), *self.k.idx_statuses],
-                         [reason, at_ms, ticket_id, STATUS_LIST], client)
+    def mark_dead(self, *, ticket_id: str, reason: str, at_ms: int, owner: str = "", client=None):
+        """mark_dead.lua, with the ticket.dead event; `owner`: the ingest entry that must own the record."""
+        return self.call("mark_dead", [self.k.ticket(ticket_id), self.k.events, *self.k.idx_statuses],
+                         [reason, at_ms, ticket_id, STATUS_LIST, owner, EVENTS_MAXLEN, reason[:300]], client)
