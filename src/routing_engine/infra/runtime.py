@@ -2,32 +2,63 @@
 
 A stage never talks to consumer groups itself: it turns a batch of decoded entries into Outcomes (the writes
 each entry needs), and the runtime commits them all in one MULTI/EXEC, adding each entry's stream, group and
-id to the script that commits it, or an XACK of its own. Delivery is at-least-once; the commit scripts make the
-effects once (a redelivered entry whose commit already happened is only acked).
+id to the script that commits it. Delivery is at-least-once; the commit scripts make the effects once (a
+redelivered entry whose commit already happened is only acked).
+
+A stage never dies of one entry: whatever goes wrong while decoding, processing or committing an entry is counted
+against that entry (the stage's fails hash); the entry stays pending, comes back with its deliveries counted, and
+after max_deliveries it is dead-lettered with the reason. Redis errors that mean "not now" (no connection, LOADING,
+READONLY, BUSY, OOM) keep the batch in hand and retry it; a lost consumer group is recreated. Anything else is
+logged and the stage goes on after a backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from ..config import Settings
 from ..errors import InvalidTicket
 from ..metrics import BATCH_SECONDS, BATCH_SIZE, ENTRIES, RECLAIMED
+from . import redis_errors
 from .keys import EVENTS_MAXLEN, Keys
 from .scripts import Scripts, Write
 
 log = structlog.get_logger("runtime")
+
+T = TypeVar("T")
+
+# Waits between retries double from BACKOFF_MIN_S up to BACKOFF_MAX_S: a recovered Redis is noticed within seconds,
+# a stage stuck on a bug does not spin.
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 3.0
+# An entry delivered this many times without finishing runs alone: if it is what kills workers, it takes no other
+# entry of a batch down with it (each would count a delivery too, and be dead-lettered with it in the end).
+SUSPECT_DELIVERIES = 2
+
+
+def backoff_s(attempt: int, first: float = BACKOFF_MIN_S, cap: float = BACKOFF_MAX_S) -> float:
+    return min(cap, first * 2 ** min(attempt, 30))
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+class Stopping(Exception):
+    """Stop was set while Redis could not be reached: the entries in hand stay pending for a later run."""
 
 
 @dataclass
@@ -36,6 +67,7 @@ class Entry:
     fields: dict[bytes, bytes]
     stream: str = ""  # the input stream it came from (a stage may read several, in priority order)
     value: Any = None  # what the stage's decode() made of the fields
+    deliveries: int = 1  # this delivery included: more than 1 when it was reclaimed or read back after a restart
 
 
 @dataclass
@@ -80,7 +112,7 @@ class Stage:
         """Load models, keep what it needs of the context. Called once before the first batch."""
 
     def decode(self, entry: Entry) -> Any:
-        """Parse the entry's fields; raise InvalidTicket to dead-letter it at once."""
+        """Parse the entry's fields; raise InvalidTicket to dead-letter it at once (any other error is retried)."""
         return entry.fields
 
     async def process(self, entries: list[Entry]) -> list[Outcome]:
@@ -108,14 +140,32 @@ class StageRunner:
         self.group = stage.name
         self.scripts = Scripts(r, self.s, self.k)
         self._last_claim = 0.0
+        self._trouble: str | None = None  # the Redis trouble being waited out: logged once per episode
+        self._trouble_since = 0.0
+        self._group_lost = False
 
     async def ensure_group(self) -> None:
+        """Create the consumer group on each input where it is missing, and this consumer in it."""
         for stream in self.stage.inputs:
-            try:
-                await self.r.xgroup_create(stream, self.group, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            if not await self._has_group(stream):
+                try:
+                    await self.r.xgroup_create(stream, self.group, id="0", mkstream=True)
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+            # registered now, not at its first entry: health reports and the other workers see it at once (a
+            # refusal, out of memory or read-only, only delays that to the first entry it reads)
+            with contextlib.suppress(ResponseError):
+                await self.r.xgroup_createconsumer(stream, self.group, self.consumer)
+
+    async def _has_group(self, stream: str) -> bool:
+        """Looked up first: XGROUP CREATE is a write, refused while Redis is out of memory or read-only."""
+        try:
+            return any(g["name"].decode() == self.group for g in await self.r.xinfo_groups(stream))
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return False
+            raise
 
     def _entries(self, resp) -> list[Entry]:
         """XREADGROUP reply -> entries, the first input's first (priority order), tombstones dropped."""
@@ -124,71 +174,178 @@ class StageRunner:
                 for eid, f in by_stream.get(stream, []) if f]
 
     async def run(self) -> None:
-        await self.ensure_group()
-        await self.stage.setup(StageContext(self.r, self.scripts, self.consumer))
-        log.info("stage.started", stage=self.stage.name, consumer=self.consumer, streams=self.stage.inputs)
-        # Entries delivered to this consumer name before a restart are still pending for it.
-        await self._drain_own_pending()
+        """Until stop is set. It ends early only when setup (or the runtime itself) fails: that error is raised."""
+        try:
+            await self._patiently(self.ensure_group)
+        except Stopping:
+            return
+        try:
+            await self.stage.setup(StageContext(self.r, self.scripts, self.consumer))
+            log.info("stage.started", stage=self.stage.name, consumer=self.consumer, streams=self.stage.inputs)
+            await self._loop()
+        finally:
+            try:  # also after a failed setup: whatever it opened is closed before a supervisor builds a new one
+                await self.stage.close()
+            except Exception as exc:
+                log.error("stage.close_failed", stage=self.stage.name, error=describe(exc), exc_info=True)
+            log.info("stage.stopped", stage=self.stage.name, consumer=self.consumer)
+
+    async def _loop(self) -> None:
+        own_pending = True  # what this consumer name held when an earlier run stopped or died is still pending for it
+        errors = 0
         while not self.stop.is_set():
             try:
-                if time.monotonic() - self._last_claim > self.s.claim_every_ms / 1000:
-                    await self._reclaim()
-                resp = await self.r.xreadgroup(
-                    self.group, self.consumer, {stream: ">" for stream in self.stage.inputs},
-                    count=self.s.batch_size, block=self.s.block_ms,
-                )
-                entries = self._entries(resp)
-                if entries:
-                    await self.handle(entries)
+                if self._group_lost:
+                    await self.ensure_group()
+                    self._group_lost = False
+                    # recreated from the stream's start: every entry still in it comes back, and the commit
+                    # scripts only ack the ones already done, so nothing runs twice
+                    log.warning("stage.group_recreated", stage=self.stage.name, streams=self.stage.inputs)
+                if own_pending:
+                    await self._drain_own_pending()
+                    own_pending = False
+                await self._step()
+                errors = 0
             except asyncio.CancelledError:
                 raise
-            except (ConnectionError, OSError, aioredis.ConnectionError) as exc:
-                log.warning("stage.redis_unavailable", stage=self.stage.name, error=str(exc))
-                await asyncio.sleep(1.0)
-        await self.stage.close()
-        log.info("stage.stopped", stage=self.stage.name, consumer=self.consumer)
+            except Stopping:
+                break
+            except Exception as exc:
+                kind = redis_errors.trouble(exc)
+                delay = backoff_s(errors)
+                errors += 1
+                if kind == redis_errors.NOGROUP:
+                    self._group_lost = True
+                    log.warning("stage.group_lost", stage=self.stage.name, error=str(exc))
+                elif kind is not None:
+                    self._waiting(kind, exc)
+                else:
+                    log.error("stage.error", stage=self.stage.name, error=describe(exc), retry_in_s=delay,
+                              exc_info=True)
+                await self._pause(delay)
+
+    async def _step(self) -> None:
+        if time.monotonic() - self._last_claim > self.s.claim_every_ms / 1000:
+            await self._reclaim()
+        resp = await self.r.xreadgroup(
+            self.group, self.consumer, {stream: ">" for stream in self.stage.inputs},
+            count=self.s.batch_size, block=self.s.block_ms,
+        )
+        self._recovered()
+        entries = self._entries(resp)
+        if entries:
+            await self.handle(entries)
+
+    # ---- waiting out Redis
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, waking at once when stop is set."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+
+    def _waiting(self, kind: str, exc: BaseException) -> None:
+        """Log a Redis trouble when it starts (or changes kind), not at every retry."""
+        if kind == self._trouble:
+            return
+        self._trouble, self._trouble_since = kind, time.monotonic()
+        if kind == redis_errors.OOM:
+            log.error("stage.redis_out_of_memory", stage=self.stage.name, error=str(exc),
+                      detail="Redis is out of memory (maxmemory reached) and refuses writes: the entries stay "
+                             "pending, nothing is acked or dead-lettered; retrying until it accepts them")
+        else:
+            log.warning("stage.redis_unavailable", stage=self.stage.name, reason=kind, error=str(exc),
+                        detail="waiting for Redis; the entries in hand stay pending and are retried")
+
+    def _recovered(self) -> None:
+        if self._trouble is not None:
+            log.info("stage.redis_recovered", stage=self.stage.name, reason=self._trouble,
+                     after_s=round(time.monotonic() - self._trouble_since, 1))
+            self._trouble = None
+
+    async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
+        """await call() until Redis answers: "not now" errors wait (backing off) and retry, so the entries in hand
+        stay pending and nothing is counted against them; stop ends the wait (Stopping). Other errors raise."""
+        attempt = 0
+        while True:
+            try:
+                result = await call()
+            except Exception as exc:
+                if not redis_errors.waits(exc):
+                    raise
+                self._waiting(redis_errors.trouble(exc), exc)
+                if self.stop.is_set():
+                    raise Stopping from exc
+                await self._pause(backoff_s(attempt))
+                attempt += 1
+                if self.stop.is_set():
+                    raise Stopping from exc
+                continue
+            self._recovered()
+            return result
+
+    # ---- entries delivered before: reclaimed, or read back after a restart
 
     async def _drain_own_pending(self) -> None:
+        """Entries still pending for this consumer name (an earlier run under it stopped or died holding them) run
+        first, with their deliveries counted."""
         for stream in self.stage.inputs:
+            after = "-"
             while not self.stop.is_set():
-                resp = await self.r.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.s.batch_size)
-                entries = self._entries(resp)
-                if not entries:
+                pend = await self.r.xpending_range(stream, self.group, min=after, max="+", count=self.s.batch_size,
+                                                   consumername=self.consumer)
+                if not pend:
                     break
-                await self.handle(entries)
+                after = "(" + pend[-1]["message_id"].decode()
+                await self._rerun(stream, {p["message_id"].decode(): p["times_delivered"] for p in pend})
 
     async def _reclaim(self) -> None:
-        """Take over entries idle longer than claim_idle_ms (their consumer died) and run them here."""
+        """Take over entries idle longer than claim_idle_ms (their consumer died, or they failed and wait for their
+        next try) and run them here."""
         self._last_claim = time.monotonic()
         for stream in self.stage.inputs:
             start = "0-0"
             while not self.stop.is_set():
-                nxt, claimed, deleted = (await self.r.xautoclaim(
-                    stream, self.group, self.consumer, self.s.claim_idle_ms, start_id=start, count=self.s.batch_size,
-                ))[:3]
-                for eid in deleted or []:
-                    # trimmed from the stream while pending: nothing left to run, just ack it
-                    await self.r.xack(stream, self.group, eid)
-                entries = [Entry(eid.decode(), f, stream) for eid, f in claimed if f]
-                if entries:
-                    RECLAIMED.labels(self.stage.name).inc(len(entries))
-                    log.info("stage.reclaimed", stage=self.stage.name, count=len(entries), stream=stream)
-                    await self.handle(await self._over_delivered(entries))
-                if nxt in (b"0-0", "0-0") or not claimed:
+                # JUSTID: taking them over counts no delivery; _rerun counts one for each entry it runs
+                ids = await self.r.xautoclaim(stream, self.group, self.consumer, self.s.claim_idle_ms,
+                                              start_id=start, count=self.s.batch_size, justid=True)
+                if not ids:
                     break
-                start = nxt
+                ids = [i.decode() if isinstance(i, bytes) else i for i in ids]
+                RECLAIMED.labels(self.stage.name).inc(len(ids))
+                log.info("stage.reclaimed", stage=self.stage.name, count=len(ids), stream=stream)
+                async with self.r.pipeline(transaction=False) as pipe:
+                    for eid in ids:
+                        pipe.xpending_range(stream, self.group, min=eid, max=eid, count=1)
+                    pend = {p["message_id"].decode(): p["times_delivered"]
+                            for rows in await pipe.execute() for p in rows}
+                await self._rerun(stream, pend)
+                start = ids[-1]  # inclusive, but no longer idle: the scan goes on past it
 
-    async def _over_delivered(self, entries: list[Entry]) -> list[Entry]:
-        """An entry delivered too often (it keeps killing workers) is dead-lettered instead of run again."""
-        keep = []
-        for e in entries:
-            info = await self.r.xpending_range(e.stream, self.group, min=e.id, max=e.id, count=1)
-            if info and info[0]["times_delivered"] > self.s.max_deliveries:
-                await self.dead_letter([Outcome(e, dead_reason=f"delivered {info[0]['times_delivered']} times "
-                                                               "without success")])
-            else:
-                keep.append(e)
-        return keep
+    async def _rerun(self, stream: str, pend: dict[str, int]) -> None:
+        """Run pending entries of this consumer again (pend: entry id -> deliveries so far). One delivered
+        max_deliveries times already is dead-lettered; one delivered SUSPECT_DELIVERIES times runs alone; the rest
+        run as one batch."""
+        over = [eid for eid, n in pend.items() if n >= self.s.max_deliveries]
+        calm = [eid for eid, n in pend.items() if n < min(SUSPECT_DELIVERIES, self.s.max_deliveries)]
+        suspects = [eid for eid in pend if eid not in over and eid not in calm]
+        if over:
+            await self._bury([Outcome(e, dead_reason=f"delivered {e.deliveries - 1} times without success")
+                              for e in await self._claim(stream, over, pend)])
+        for ids in ([calm] if calm else []) + [[eid] for eid in suspects]:
+            if entries := await self._claim(stream, ids, pend):
+                await self.handle(entries)
+
+    async def _claim(self, stream: str, ids: list[str], pend: dict[str, int]) -> list[Entry]:
+        """XCLAIM the ids to this consumer, which counts a delivery and returns their fields. An entry trimmed from
+        the stream while pending has nothing left to run: it is acked."""
+        rows = await self.r.xclaim(stream, self.group, self.consumer, min_idle_time=0, message_ids=ids)
+        entries = [Entry(eid.decode(), f, stream, deliveries=pend[eid.decode()] + 1) for eid, f in rows if f]
+        gone = set(ids) - {e.id for e in entries}
+        if gone:
+            await self.r.xack(stream, self.group, *gone)
+        return entries
+
+    # ---- one batch: decode, process, commit
 
     async def handle(self, entries: list[Entry]) -> None:
         t0 = time.perf_counter()
@@ -200,18 +357,29 @@ class StageRunner:
                 ok.append(e)
             except InvalidTicket as exc:
                 dead.append(Outcome(e, dead_reason=f"invalid: {exc}", info={"problems": exc.problems}))
+            except Exception as exc:  # a bug, or input decode() did not foresee: retried like any failure
+                if (o := await self._failed(e, exc, "decode")) is not None:
+                    dead.append(o)
         if dead:
-            await self.dead_letter(dead)
+            await self._bury(dead)
         if not ok:
             return
-        try:
-            outcomes = await self.stage.process(ok)
-        except Exception:
-            log.exception("stage.batch_failed", stage=self.stage.name, size=len(ok))
-            outcomes = await self._one_by_one(ok)
-        await self.commit(outcomes)
+        await self.commit(await self._patiently(lambda: self._process(ok)))
         BATCH_SIZE.labels(self.stage.name).observe(len(entries))
         BATCH_SECONDS.labels(self.stage.name).observe(time.perf_counter() - t0)
+
+    async def _process(self, entries: list[Entry]) -> list[Outcome]:
+        try:
+            return await self.stage.process(entries)
+        except Exception as exc:
+            if redis_errors.trouble(exc):
+                raise  # Redis, not the batch: waited out (or the group recreated) with the batch in hand
+            if len(entries) == 1:
+                o = await self._failed(entries[0], exc, "process")
+                return [o] if o is not None else []
+            log.warning("stage.batch_failed", stage=self.stage.name, size=len(entries), error=describe(exc),
+                        exc_info=True)
+            return await self._one_by_one(entries)
 
     async def _one_by_one(self, entries: list[Entry]) -> list[Outcome]:
         """Isolate the entry that broke the batch; the rest go on. Failures stay pending for a retry."""
@@ -220,47 +388,149 @@ class StageRunner:
             try:
                 outcomes.extend(await self.stage.process([e]))
             except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                fails = await self.r.hincrby(self.k.fails(self.stage.name), e.id, 1)
-                ENTRIES.labels(self.stage.name, "failed").inc()
-                log.warning("stage.entry_failed", stage=self.stage.name, entry=e.id, fails=fails, error=reason,
-                            trace=traceback.format_exc(limit=3))
-                if fails >= self.s.max_deliveries:
-                    outcomes.append(Outcome(e, dead_reason=f"failed {fails} times: {reason}"))
+                if redis_errors.trouble(exc):
+                    raise
+                if (o := await self._failed(e, exc, "process")) is not None:
+                    outcomes.append(o)
         return outcomes
 
+    async def _failed(self, e: Entry, error: BaseException, step: str) -> Outcome | None:
+        """Count a failure against the entry. At max_deliveries it is dead-lettered (the Outcome returned); before
+        that it stays pending, and comes back for another try once idle for claim_idle_ms."""
+        reason = describe(error)
+        fails = await self._patiently(lambda: self.r.hincrby(self.k.fails(self.stage.name), e.id, 1))
+        tries = max(fails, e.deliveries)  # deliveries also count runs that died before they could count a failure
+        ENTRIES.labels(self.stage.name, "failed").inc()
+        trace = {"trace": "".join(traceback.format_exception(error, limit=3))} if error.__traceback__ else {}
+        log.warning("stage.entry_failed", stage=self.stage.name, step=step, entry=e.id, stream=e.stream, fails=fails,
+                    deliveries=e.deliveries, error=reason, **trace)
+        if tries >= self.s.max_deliveries:
+            return Outcome(e, dead_reason=f"failed {tries} times: {reason}")
+        return None
+
     async def commit(self, outcomes: list[Outcome]) -> None:
+        """Commit the live outcomes in one MULTI/EXEC and dead-letter the others. MULTI/EXEC does not roll back:
+        when one outcome's write fails, the other outcomes' commands ran, so they are committed. The failing ones
+        are retried each on its own; one that fails alone too is counted against its entry, which stays pending
+        (its acking script failed, and the runtime acks the others only after EXEC, when all their writes held)."""
         live = [o for o in outcomes if o.dead_reason is None]
         dead = [o for o in outcomes if o.dead_reason is not None]
         if live:
-            async with self.r.pipeline(transaction=True) as pipe:
-                spans = [await self._queue(pipe, o) for o in live]
-                # counted inside the transaction so a crash can't commit tickets without counting them
-                pipe.hincrby(self.k.stats, f"processed:{self.stage.name}", len(live))
-                results = await pipe.execute()
-            await self.stage.after_commit(live, [results[a:b] for a, b in spans])
-            ENTRIES.labels(self.stage.name, "ok").inc(len(live))
+            failed = await self._commit_batch(live)
+            if failed and len(live) > 1:
+                failed = [f for o, _ in failed for f in await self._commit_batch([o])]
+            for o, exc in failed:
+                if (d := await self._failed(o.entry, exc, "commit")) is not None:
+                    dead.append(d)
         if dead:
-            await self.dead_letter(dead)
+            await self._bury(dead)
 
-    async def _queue(self, pipe, o: Outcome) -> tuple[int, int]:
-        """Queue one outcome's writes (plus its XACK when no write acks it); returns the span of replies that
-        answer its writes, so replies pair with outcomes however many commands each one queued."""
+    async def _commit_batch(self, outs: list[Outcome]) -> list[tuple[Outcome, BaseException]]:
+        """One MULTI/EXEC for these outcomes; returns those that failed, with the error. An outcome that failed
+        with a "not now" error (OOM while its script wrote) stays in hand: waited out, then committed again."""
+        broken: list[tuple[Outcome, BaseException]] = []
+        attempt = 0
+        while outs:
+            results = await self._patiently(lambda outs=outs: self._transaction(outs))
+            await self._committed([(o, res) for o, res in zip(outs, results) if not isinstance(res, BaseException)])
+            failed = [(o, res) for o, res in zip(outs, results) if isinstance(res, BaseException)]
+            broken += [(o, exc) for o, exc in failed if not redis_errors.waits(exc)]
+            later = [(o, exc) for o, exc in failed if redis_errors.waits(exc)]
+            if later:
+                self._waiting(redis_errors.trouble(later[0][1]), later[0][1])
+                await self._pause(backoff_s(attempt))
+                attempt += 1
+                if self.stop.is_set():
+                    raise Stopping
+            outs = [o for o, _ in later]
+        return broken
+
+    async def _transaction(self, outs: list[Outcome]) -> list[list[Any] | BaseException]:
+        """One MULTI/EXEC; per outcome, the replies to its writes or the error that failed it. Redis refusing the
+        whole transaction (a command rejected as it was queued: EXECABORT) fails every outcome; "not now" raises."""
+        async with self.r.pipeline(transaction=True) as pipe:
+            spans = [await self._queue(pipe, o) for o in outs]
+            # counted inside the transaction so a crash can't commit tickets without counting them
+            pipe.hincrby(self.k.stats, f"processed:{self.stage.name}", len(outs))
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except ResponseError as exc:
+                if redis_errors.trouble(exc):
+                    raise
+                return [exc] * len(outs)  # nothing ran
+        results: list[list[Any] | BaseException] = []
+        for o, (start, end, acked_at) in zip(outs, spans):
+            res = replies[start:end]
+            errors = [x for x in res if isinstance(x, BaseException)]
+            if errors and acked_at is not None and not isinstance(res[acked_at], BaseException):
+                # its acking script committed (and acked) the entry; an earlier write's error can't be undone
+                log.error("stage.partial_commit", stage=self.stage.name, entry=o.entry.id,
+                          error=describe(errors[0]))
+                errors = []
+            results.append(errors[0] if errors else res)
+        failed = sum(isinstance(x, BaseException) for x in results)
+        if failed:
+            with contextlib.suppress(RedisError):  # only a statistic: never worth failing the batch over
+                await self.r.hincrby(self.k.stats, f"processed:{self.stage.name}", -failed)
+        return results
+
+    async def _queue(self, pipe, o: Outcome) -> tuple[int, int, int | None]:
+        """Queue one outcome's writes; returns the span of replies that answer them (so replies pair with outcomes
+        however many commands each one queued) and where in it the acking script's reply is (None: no write acks
+        the entry; the runtime acks it after EXEC, only if every write held)."""
         start = len(pipe.command_stack)
-        acked = False
+        acked_at = None
         for w in o.writes:
             if w.command:
                 pipe.execute_command(*w.command)
             elif w.acks:
+                acked_at = len(pipe.command_stack) - start
                 await self.scripts[w.script](keys=[o.entry.stream, *w.keys], args=[self.group, o.entry.id, *w.args],
                                              client=pipe)
-                acked = True
             else:
                 await self.scripts[w.script](keys=w.keys, args=w.args, client=pipe)
-        end = len(pipe.command_stack)
-        if not acked:
-            pipe.xack(o.entry.stream, self.group, o.entry.id)
-        return start, end
+        return start, len(pipe.command_stack), acked_at
+
+    async def _committed(self, done: list[tuple[Outcome, list[Any]]]) -> None:
+        """After EXEC, for the outcomes that committed: XACK those no script acked (a failed write is never acked,
+        at the price of running such writes again if the worker dies right here), forget the failures of retried
+        entries, then the stage's after_commit (its errors are logged: the commit stands)."""
+        if not done:
+            return
+        outs = [o for o, _ in done]
+        unacked: dict[str, list[str]] = {}
+        for o in outs:
+            if not any(w.acks for w in o.writes):
+                unacked.setdefault(o.entry.stream, []).append(o.entry.id)
+        retried = [o.entry.id for o in outs if o.entry.deliveries > 1]
+        if unacked or retried:
+            async def tidy():
+                async with self.r.pipeline(transaction=False) as pipe:
+                    for stream, ids in unacked.items():
+                        pipe.xack(stream, self.group, *ids)
+                    if retried:
+                        pipe.hdel(self.k.fails(self.stage.name), *retried)
+                    await pipe.execute()
+
+            await self._patiently(tidy)
+        ENTRIES.labels(self.stage.name, "ok").inc(len(outs))
+        try:
+            await self.stage.after_commit(outs, [res for _, res in done])
+        except Exception as exc:
+            log.error("stage.after_commit_failed", stage=self.stage.name, size=len(outs), error=describe(exc),
+                      exc_info=True)
+
+    async def _bury(self, outcomes: list[Outcome]) -> None:
+        """dead_letter, waiting out "not now" errors. It is one MULTI/EXEC: when Redis answers one of its commands
+        with an error, the others ran (the letters are written): logged, not retried, or they would be written
+        twice."""
+        try:
+            await self._patiently(lambda: self.dead_letter(outcomes))
+        except ResponseError as exc:
+            if redis_errors.trouble(exc) == redis_errors.NOGROUP:
+                raise
+            log.error("stage.dead_letter_failed", stage=self.stage.name, entries=[o.entry.id for o in outcomes],
+                      error=describe(exc))
 
     async def dead_letter(self, outcomes: list[Outcome]) -> None:
         now = int(time.time() * 1000)
@@ -304,19 +574,23 @@ class StageRunner:
         return tid if isinstance(tid, str) else ""
 
 
+async def run_stage(r: aioredis.Redis, stage: Stage, consumer: str, stop: asyncio.Event) -> None:
+    """One stage until `stop` is set; it finishes the batch in hand first. It ends early only when its setup or the
+    runtime itself fails, with that error, for a supervisor to restart it (service.supervise)."""
+    await StageRunner(r, stage, consumer, stop).run()
+
+
 async def run_stages(r: aioredis.Redis, stages: list[Stage], consumer: str, stop: asyncio.Event) -> None:
-    """Run each stage as its own task until `stop` is set; each finishes the batch in hand first."""
-    runners = [StageRunner(r, s, consumer, stop) for s in stages]
-    tasks = [asyncio.create_task(run.run(), name=f"stage:{run.stage.name}") for run in runners]
-    if not tasks:
+    """Run each stage as its own task until `stop` is set; each finishes the batch in hand first. A stage that dies
+    is logged and the others go on."""
+    if not stages:
         await stop.wait()
         return
-    try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for t in done:
-            if t.exception():
-                stop.set()
-                raise t.exception()
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def one(stage: Stage) -> None:
+        try:
+            await run_stage(r, stage, consumer, stop)
+        except Exception as exc:
+            log.error("stage.died", stage=stage.name, error=describe(exc), exc_info=True)
+
+    await asyncio.gather(*(one(s) for s in stages))
