@@ -1,14 +1,17 @@
 """Composition root: the one place that assembles the service from its parts, for the CLI, the tests and the bench.
 
 It starts the embedded Redis when none is given, trains the first model when there is none, and runs the HTTP
-API and/or a worker with the stages from the registry until told to stop.
+API and/or a worker with the stages from the registry until told to stop, restarting a stage that dies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
+import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
@@ -21,7 +24,7 @@ from .domain.teams import load_teams
 from .infra.agents import load_agents_file
 from .infra.embedded_redis import EmbeddedRedis
 from .infra.keys import Keys
-from .infra.runtime import consumer_name, run_stages
+from .infra.runtime import Stage, backoff_s, consumer_name, describe, run_stage
 from .models.classifier import latest_model
 from .models.data import default_training_data, read_labelled
 from .models.embedder import shared_embedder
@@ -32,9 +35,14 @@ from .web.app import make_app
 log = structlog.get_logger("service")
 
 SHUTDOWN_TIMEOUT_S = 5.0
+# A stage that dies is restarted after a wait doubling from RESTART_MIN_S to RESTART_MAX_S; one that had run for
+# STABLE_S first starts again from RESTART_MIN_S (a new failure, not its setup failing over and over).
+RESTART_MIN_S = 1.0
+RESTART_MAX_S = 30.0
+STABLE_S = 60.0
 
 __all__ = ["STAGES", "PIPELINE_STAGES", "build_stages", "ensure_model", "with_embedded_redis", "serve", "running",
-           "demo"]
+           "supervise", "demo"]
 
 
 def ensure_model(s: Settings) -> None:
@@ -80,7 +88,8 @@ async def running(s: Settings, r: aioredis.Redis, *, stages: list[str] | tuple[s
     if stages:
         built = build_stages(list(stages), s)
         handle.stage_names = [st.name for st in built]
-        handle.task = asyncio.create_task(run_stages(r, built, consumer or consumer_name(), handle.stop))
+        handle.task = asyncio.create_task(supervise(r, built, consumer or consumer_name(), handle.stop,
+                                                    rebuild=lambda name: build_stages([name], s)[0]))
     try:
         yield handle
     finally:
@@ -90,6 +99,38 @@ async def running(s: Settings, r: aioredis.Redis, *, stages: list[str] | tuple[s
         if handle.runner is not None:
             await handle.runner.cleanup()
             log.info("shutdown.api_closed")
+
+
+async def supervise(r: aioredis.Redis, stages: list[Stage], consumer: str, stop: asyncio.Event,
+                    rebuild: Callable[[str], Stage]) -> None:
+    """Run each stage until `stop` is set. One whose task dies (its setup failed, or the runtime itself did: errors
+    of entries and of Redis never end it) is rebuilt with `rebuild(name)` and restarted after a backoff, while the
+    other stages and the API go on."""
+    if not stages:
+        await stop.wait()
+        return
+    await asyncio.gather(*(_keep_running(r, st, consumer, stop, rebuild) for st in stages))
+
+
+async def _keep_running(r: aioredis.Redis, stage: Stage, consumer: str, stop: asyncio.Event,
+                        rebuild: Callable[[str], Stage]) -> None:
+    name = stage.name
+    restarts = in_a_row = 0
+    while not stop.is_set():
+        began = time.monotonic()
+        try:
+            if restarts:
+                stage = rebuild(name)  # a fresh instance: the dead one's state may be what killed it
+                log.warning("stage.restarted", stage=name, count=restarts)
+            await run_stage(r, stage, consumer, stop)
+            return  # it ran until stop
+        except Exception as exc:
+            in_a_row = in_a_row + 1 if time.monotonic() - began < STABLE_S else 1
+            delay = backoff_s(in_a_row - 1, RESTART_MIN_S, RESTART_MAX_S)
+            log.error("stage.died", stage=name, error=describe(exc), restart_in_s=delay, exc_info=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        restarts += 1
 
 
 class _Running:
@@ -126,7 +167,7 @@ async def serve(s: Settings, *, stages: list[str] | tuple[str, ...] = (), consum
                       f"metrics: /metrics; {run.agents} agents loaded)", flush=True)
             if run.task is not None:
                 print(f"worker   {name}: stages {', '.join(run.stage_names)}", flush=True)
-                await run.task  # a stage that fails for good stops the worker (its error is raised here)
+                await run.task  # supervised: it returns once stop is set (a stage that dies is restarted)
             else:
                 await run.stop.wait()
     finally:
