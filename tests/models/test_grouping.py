@@ -1,0 +1,88 @@
+"""The group-level grouping rule on hand-made vectors: centroid joins, category as evidence, merges."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from routing_engine.models.grouping import Grouper, GroupingRule
+
+
+def unit(*xs: float) -> np.ndarray:
+    v = np.array(xs, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def top(label: str, p: float = 0.9, other: str = "x", q: float = 0.05):
+    return [(label, p), (other, q)]
+
+
+def test_a_ticket_joins_the_group_as_a_whole_not_only_its_nearest_neighbour():
+    g = Grouper(GroupingRule(tau=0.55, tau_category=0.55, tau_centroid=0.9, tau_centroid_category=0.8))
+    a, b = unit(1, 0.5, 0), unit(1, -0.5, 0)  # two rewordings, only 0.6 alike as a pair
+    g.assign("a", a, "atm", top("atm"), 0, [])
+    d = g.assign("b", b, "atm", top("atm"), 1, [("a", float(a @ b))])
+    assert d.rule == "tau" and d.group == "a"
+    # a third one is close to what the group says on average (0.99 from the centroid); no neighbour is given,
+    # so only the group-level rule can place it
+    c = unit(1, 0, 0.1)
+    d = g.assign("c", c, "atm", top("atm"), 2, [])
+    assert d.group == "a" and d.rule == "centroid" and d.score > 0.95 and d.joined
+    # something unlike the group starts its own
+    d = g.assign("d", unit(0, 0, 1), "atm", top("atm"), 3, [])
+    assert d.group == "d" and d.rule == "none" and not d.joined
+
+
+def test_the_category_is_evidence_not_a_gate():
+    rule = GroupingRule(tau=0.99, tau_category=0.99, tau_centroid=0.95, tau_centroid_category=0.7)
+    g = Grouper(rule)
+    s0, s1 = unit(1, 0.1, 0), unit(1, -0.1, 0)
+    g.assign("s0", s0, "transfer_not_received", top("transfer_not_received"), 0, [])
+    g.assign("s1", s1, "transfer_not_received", top("transfer_not_received"), 1, [("s0", float(s0 @ s1))])
+    assert g.group_of_ticket("s1") == "s0"  # one group of two, its category transfer_not_received
+    near = unit(1, 0, 0.9)  # centroid cosine ~0.74: enough only with the category as evidence
+    # predicted another category, but the group's category is its runner-up: joins
+    d = g.assign("t1", near, "pending_transfer", top("pending_transfer", 0.6, "transfer_not_received", 0.3), 3,
+                 [("s0", 0.7)])
+    assert d.rule == "centroid_category" and d.group == g.group_of_ticket("s0")
+    # no evidence for the group's category at all: starts its own group
+    d = g.assign("t2", near, "card_arrival", top("card_arrival", 0.95, "card_delivery_estimate", 0.04), 4,
+                 [("s0", 0.7)])
+    assert d.rule == "none" and d.group == "t2" and not d.joined
+
+
+def test_groups_of_one_storm_merge_and_the_older_survives():
+    rule = GroupingRule(tau=0.99, tau_category=0.9, tau_centroid=0.99, tau_centroid_category=0.9, tau_merge=0.7,
+                        min_merge_size=3)
+    g = Grouper(rule)
+    left = [unit(1, 0.2, 0.05 * i) for i in range(3)]
+    right = [unit(1, -0.6, 0.05 * i) for i in range(3)]  # a sub-cluster: ~0.8 from the left one's centroid
+    for i, v in enumerate(left):
+        g.assign(f"l{i}", v, "atm", top("atm"), i, [("l0", float(v @ left[0]))] if i else [])
+    for i, v in enumerate(right[:2]):
+        g.assign(f"r{i}", v, "atm", top("atm"), 10 + i, [("r0", float(v @ right[0]))] if i else [])
+    assert g.group_of_ticket("r0") != g.group_of_ticket("l0")
+    d = g.assign("r2", right[2], "atm", top("atm"), 12, [("r0", float(right[2] @ right[0]))])
+    assert d.merged == ["r0"] and d.group == "l0"  # l0's group started first: it survives
+    assert {g.group_of_ticket(t) for t in ("l0", "l1", "l2", "r0", "r1", "r2")} == {"l0"}
+    assert g.groups["l0"].n == 6 and g.groups["r0"].merged_into == "l0"
+
+
+def test_groups_of_different_categories_never_merge():
+    rule = GroupingRule(tau=0.99, tau_category=0.9, tau_centroid=0.99, tau_centroid_category=0.9, tau_merge=0.5)
+    g = Grouper(rule)
+    for i in range(3):
+        v = unit(1, 0.1, 0.05 * i)
+        g.assign(f"a{i}", v, "card_arrival", top("card_arrival"), i, [("a0", 0.99)] if i else [])
+    for i in range(3):
+        v = unit(1, -0.1, 0.05 * i)
+        g.assign(f"b{i}", v, "card_delivery_estimate", top("card_delivery_estimate"), 5 + i,
+                 [("b0", 0.99)] if i else [])
+    assert g.group_of_ticket("a0") == "a0" and g.group_of_ticket("b2") == "b0"
+
+
+def test_a_redelivered_ticket_keeps_its_group():
+    g = Grouper()
+    v = unit(1, 0, 0)
+    g.assign("a", v, "atm", top("atm"), 0, [])
+    d = g.assign("a", v, "atm", top("atm"), 1, [("a", 1.0)])
+    assert d.rule == "redelivered" and d.group == "a" and g.groups["a"].n == 1
