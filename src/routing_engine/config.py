@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -14,6 +15,16 @@ def _env(name: str, default, cast):
     if cast is bool:
         return raw.strip().lower() in ("1", "true", "yes", "on")
     return cast(raw)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost; anything else (0.0.0.0, '', a LAN address, a name) is reachable by others."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,13 @@ class Settings:
     escalation_budget: float = field(default=0.25, metadata={"env": "ROUTING_ESCALATION_BUDGET", "help": "train: largest share of tickets sent to the fallback"})
     model_reload_s: float = field(default=5.0, metadata={"env": "ROUTING_MODEL_RELOAD_S", "help": "how often workers look for a newer model"})
     escalation: bool = field(default=True, metadata={"env": "ROUTING_ESCALATION", "help": "send unsure tickets to the transformer fallback (if trained)"})
-    api_token: str = field(default="", metadata={"env": "ROUTING_API_TOKEN", "help": "when set, the API requires it (Bearer or cookie)"})
+    api_token: str = field(default="", metadata={"env": "ROUTING_API_TOKEN", "help": "older name of the operate token (still accepted, same scope)"})
+    operate_token: str = field(default="", metadata={"env": "ROUTING_OPERATE_TOKEN", "help": "token for everything: resolve, PUT agents, plus read and ingest"})
+    read_token: str = field(default="", metadata={"env": "ROUTING_READ_TOKEN", "help": "token for GET endpoints, the SSE feed, the dashboard, /metrics, /healthz detail"})
+    ingest_token: str = field(default="", metadata={"env": "ROUTING_INGEST_TOKEN", "help": "token for POST /v1/tickets and /v1/tickets/batch only"})
+    webhook_secret: str = field(default="", metadata={"env": "ROUTING_WEBHOOK_SECRET", "help": "when set, ticket POSTs need X-Routing-Signature (comma list: rotation)"})
+    webhook_tolerance_s: int = field(default=300, metadata={"env": "ROUTING_WEBHOOK_TOLERANCE_S", "help": "largest clock gap accepted on a signature's timestamp"})
+    trust_proxy: bool = field(default=False, metadata={"env": "ROUTING_TRUST_PROXY", "help": "trust X-Forwarded-Proto/-For from a proxy in front"})
     sse_heartbeat_s: float = field(default=15.0, metadata={"env": "ROUTING_SSE_HEARTBEAT_S", "help": "SSE heartbeat comment interval"})
     sse_client_buffer: int = field(default=1000, metadata={"env": "ROUTING_SSE_CLIENT_BUFFER", "help": "events buffered per SSE client before it is dropped"})
     log_format: str = field(default="auto", metadata={"env": "ROUTING_LOG_FORMAT", "help": "json | console | auto (console on a TTY)"})
@@ -69,6 +86,19 @@ class Settings:
             values[f.name] = _env(f.metadata["env"], default, cast) if f.name != "redis_url" else os.environ.get("REDIS_URL") or None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def tokens_configured(self) -> bool:
+        return any((self.api_token, self.operate_token, self.read_token, self.ingest_token))
+
+    def bind_refusal(self, host: str | None = None) -> str | None:
+        """Why serving on `host` must not start, or None: with no token, only loopback (a laptop) stays open."""
+        host = self.host if host is None else host
+        if self.tokens_configured or is_loopback(host):
+            return None
+        return (f"refusing to serve on {host or 'every address'} with no token configured: anyone reaching the port "
+                "could read tickets and change agents. Set ROUTING_OPERATE_TOKEN (and ROUTING_READ_TOKEN / "
+                "ROUTING_INGEST_TOKEN as needed), or bind to 127.0.0.1")
 
     @property
     def models_path(self) -> Path:

@@ -9,13 +9,14 @@ from ..config import Settings
 from ..infra.keys import Keys
 from ..infra.scripts import Scripts
 from . import agents, dashboard, incidents, ops, sse, tickets
+from .access_log import access_log_middleware
 from .middleware import auth_middleware, errors_middleware
 from .responses import MAX_BATCH
 from .state import STATE, AppState
 
 
 def make_app(settings: Settings, r: aioredis.Redis) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware],
+    app = web.Application(middlewares=[access_log_middleware, errors_middleware, auth_middleware],
                           client_max_size=settings.max_body_bytes * MAX_BATCH)
     keys = Keys(settings.prefix)
     app[STATE] = AppState(settings, r, keys, Scripts(r, settings, keys))

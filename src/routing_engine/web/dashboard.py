@@ -1,20 +1,24 @@
 """The live monitor page: serves dashboards/ at / and a token login that sets the routing_token cookie.
 
-EventSource cannot send an Authorization header, so a browser proves the API token once (GET /login?token=
-or the login form) and then rides on an HttpOnly, SameSite=Strict cookie, which auth_middleware accepts.
+EventSource cannot send an Authorization header, so a browser proves a read (or operate) token once through the
+login form (POST) and then rides on an HttpOnly, SameSite=Strict cookie, Secure over TLS, which auth_middleware
+accepts.
 """
 
 from __future__ import annotations
 
 import html
+import math
 
 from aiohttp import web
 
 from ..resources import asset_dir
+from .auth import READ, came_over_tls, client_address, token_scopes
 from .state import STATE
-from .tokens import token_matches
+from .throttle import FailureThrottle
 
 COOKIE = "routing_token"
+THROTTLE = web.AppKey("login_throttle", FailureThrottle)
 
 _LOGIN = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -35,20 +39,31 @@ def login_page(error: str = "", status: int = 401) -> web.Response:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    token = request.app[STATE].settings.api_token
-    given = request.query.get("token", "")
-    if request.method == "POST":
-        form = await request.post()
-        given = str(form.get("token", ""))
-    if not token:
+    """GET shows the form; POST checks it. A token is never read from the URL (history, proxies and access logs
+    keep URLs); failures are throttled per client address."""
+    s = request.app[STATE].settings
+    if request.method == "GET" and "token" in request.query:
+        return login_page("a token in the address is not accepted (it stays in history and logs): use this form",
+                          status=400)
+    if not s.tokens_configured:
         raise web.HTTPFound("/")
-    if request.method == "GET" and not given:
+    if request.method == "GET":
         return login_page(status=200)
-    if not token_matches(given, token):
+    throttle, who = request.app[THROTTLE], client_address(request, s.trust_proxy)
+    wait = throttle.retry_after(who)
+    if wait:
+        resp = login_page("too many failed attempts: wait a minute", status=429)
+        resp.headers["Retry-After"] = str(math.ceil(wait))
+        return resp
+    form = await request.post()
+    given = str(form.get("token", ""))
+    if READ not in token_scopes(s, given):  # an ingest-only token cannot watch the monitor either
+        throttle.failed(who)
         return login_page("wrong token")
-    # 303: the browser follows with a GET, and the token never stays in the address bar
+    # 303: the browser follows with a GET to /
     resp = web.HTTPSeeOther("/")
-    resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/")
+    resp.set_cookie(COOKIE, given, httponly=True, samesite="Strict", secure=came_over_tls(request, s.trust_proxy),
+                    path="/")
     raise resp
 
 
@@ -63,6 +78,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 def setup(app: web.Application) -> None:
+    app[THROTTLE] = FailureThrottle(limit=5, window_s=60.0)
     app.router.add_get("/", index)
     app.router.add_route("GET", "/login", login)
     app.router.add_route("POST", "/login", login)

@@ -1,5 +1,5 @@
-"""Middleware: errors become one JSON shape with the right status; the API token guards everything but the
-open paths."""
+"""Middleware: errors become one JSON shape with the right status; each route needs a token of its scope (401 without
+one, 403 with the wrong one), and with a webhook secret the ticket doors need a valid signature."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from ..errors import RoutingError
+from . import signatures
+from .auth import EVERY_SCOPE, INGEST, SCOPES, given_token, required_scope, token_scopes
 from .dashboard import login_page
-from .responses import error_body, jresponse
+from .responses import error_body, jresponse, read_body
 from .state import state
-from .tokens import token_matches
 
 
 @web.middleware
@@ -27,19 +28,40 @@ async def errors_middleware(request: web.Request, handler):
         return jresponse(error_body("redis_unavailable", str(exc)), 503)
 
 
-def _token_ok(request: web.Request, token: str) -> bool:
-    auth = request.headers.get("Authorization", "")
-    given = auth[7:] if auth.startswith("Bearer ") else request.cookies.get("routing_token", "")
-    return token_matches(given, token)
+def _denied(status: int, code: str, message: str, **extra) -> web.Response:
+    return jresponse(error_body(code, message, **extra), status)
+
+
+async def _check_signature(request: web.Request) -> web.Response | None:
+    """With ROUTING_WEBHOOK_SECRET set, the ticket doors need a valid signature over the raw body (which stands in
+    for the ingest token); None when it holds, else the 401."""
+    s = state(request).settings
+    header = request.headers.get(signatures.HEADER)
+    body = await read_body(request) if header else b""  # no header: refuse before reading anything
+    try:
+        signatures.verify(header, body, signatures.secrets_of(s.webhook_secret), s.webhook_tolerance_s)
+    except signatures.SignatureError as exc:
+        return _denied(401, exc.code, str(exc))
+    return None
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler):
-    token = state(request).settings.api_token
-    open_paths = ("/healthz", "/metrics", "/openapi.json", "/login")
-    if token and not request.path.startswith(open_paths) and not _token_ok(request, token):
-        if request.path == "/":  # a person at the dashboard gets the login form, not JSON
-            return login_page()
-        return jresponse(error_body("unauthorized",
-                                    "missing or wrong API token (Bearer header or routing_token cookie)"), 401)
-    return await handler(request)
+    s = state(request).settings
+    # no token configured: open, as on a laptop (the CLI refuses to bind beyond loopback like that)
+    request[SCOPES] = token_scopes(s, given_token(request)) if s.tokens_configured else EVERY_SCOPE
+    need = required_scope(request)
+    if need == INGEST and s.webhook_secret:
+        refused = await _check_signature(request)
+        if refused is not None:
+            return refused
+        request[SCOPES] = request[SCOPES] | {INGEST}
+    if need is None or need in request[SCOPES]:
+        return await handler(request)
+    if request[SCOPES]:  # a right token, of the wrong scope
+        return _denied(403, "forbidden", f"{request.method} {request.path} needs a token with the {need!r} scope; "
+                       f"this one has {', '.join(sorted(request[SCOPES]))}", scope=need)
+    if request.path == "/":  # a person at the dashboard gets the login form, not JSON
+        return login_page()
+    return _denied(401, "unauthorized", f"missing or wrong API token (Bearer header or routing_token cookie); "
+                   f"{request.method} {request.path} needs the {need!r} scope", scope=need)

@@ -21,8 +21,14 @@ def error_body(code: str, message: str, **extra) -> dict:
     return {"error": {"code": code, "message": message, **{k: v for k, v in extra.items() if v is not None}}}
 
 
-async def read_json(request: web.Request):
-    """The whole body (in however many segments or chunks it arrives) up to the door's limit, parsed."""
+RAW_BODY = web.RequestKey("raw_body", bytes)  # the body once read (the signature check reads it before the handler)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body (in however many segments or chunks it arrives) up to the door's limit, exactly as received;
+    read once and kept on the request."""
+    if RAW_BODY in request:
+        return request[RAW_BODY]
     s = state(request).settings
     ctype = request.content_type
     if ctype != "application/json":
@@ -36,6 +42,13 @@ async def read_json(request: web.Request):
         raw += chunk
         if len(raw) > limit:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", limit=limit)
+    request[RAW_BODY] = bytes(raw)
+    return request[RAW_BODY]
+
+
+async def read_json(request: web.Request):
+    """The body (read_body), parsed."""
+    raw = await read_body(request)
     if not raw.strip():
         raise BadRequest("empty body: expected a JSON object", field="(body)")
     try:

@@ -1,0 +1,61 @@
+"""The login form: no token in the URL, failures throttled per client address (429 + Retry-After, even for the
+right token meanwhile), and a cookie that is HttpOnly, SameSite=Strict and Secure when the request came over TLS
+(X-Forwarded-Proto counts only with ROUTING_TRUST_PROXY)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from fixtures import InProcessPipeline
+
+TOKEN = "rd-tok"
+
+
+async def _guarded(settings, r, **extra):
+    return InProcessPipeline(replace(settings, read_token=TOKEN, ingest_token="in-tok", **extra), r, stages=[])
+
+
+async def _login(p, token: str, **headers):
+    return await p.client.post("/login", data={"token": token}, headers=headers, allow_redirects=False)
+
+
+async def test_a_token_in_the_url_is_refused(settings, r):
+    async with await _guarded(settings, r) as p:
+        resp = await p.client.get("/login", params={"token": TOKEN}, allow_redirects=False)
+        assert resp.status == 400 and "routing_token" not in resp.cookies
+        assert (await p.client.get("/login")).status == 200  # the form itself
+
+
+async def test_five_failures_then_429_with_retry_after(settings, r):
+    async with await _guarded(settings, r) as p:
+        for _ in range(5):
+            assert (await _login(p, "guess")).status == 401
+        resp = await _login(p, TOKEN)  # even the right token waits: otherwise guessing goes on
+        assert resp.status == 429 and 1 <= int(resp.headers["Retry-After"]) <= 60
+        assert "routing_token" not in resp.cookies
+
+
+async def test_the_throttle_is_per_client_address_behind_a_trusted_proxy(settings, r):
+    async with await _guarded(settings, r, trust_proxy=True) as p:
+        for _ in range(5):
+            await _login(p, "guess", **{"X-Forwarded-For": "203.0.113.7"})
+        assert (await _login(p, "guess", **{"X-Forwarded-For": "203.0.113.7"})).status == 429
+        assert (await _login(p, TOKEN, **{"X-Forwarded-For": "198.51.100.2"})).status == 303
+
+
+async def test_an_ingest_token_cannot_log_in(settings, r):
+    async with await _guarded(settings, r) as p:
+        assert (await _login(p, "in-tok")).status == 401
+
+
+@pytest.mark.parametrize("trust, proto, secure", [(False, None, False), (False, "https", False),
+                                                  (True, "https", True), (True, "http", False)])
+async def test_cookie_flags(settings, r, trust, proto, secure):
+    async with await _guarded(settings, r, trust_proxy=trust) as p:
+        resp = await _login(p, TOKEN, **({"X-Forwarded-Proto": proto} if proto else {}))
+        assert resp.status == 303
+        raw = resp.headers["Set-Cookie"]
+        assert "HttpOnly" in raw and "SameSite=Strict" in raw
+        assert ("Secure" in raw) is secure, raw
