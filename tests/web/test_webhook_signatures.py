@@ -11,8 +11,9 @@ from dataclasses import replace
 
 import pytest
 
-from fixtures import InProcessPipeline
 from routing_engine.web.signatures import SignatureError, sign, verify
+
+from fixtures import InProcessPipeline
 
 # Odd spacing and key order on purpose: the MAC is over the bytes as sent, not a re-serialisation.
 BODY = b'{ "subject":"ATM ate my card",   "body" : "twice",  "id":"sig-1" }'
