@@ -305,8 +305,7 @@ class Replayer:
     async def _send_stream(self, chunk: list) -> None:
         async with self.r.pipeline(transaction=False) as pipe:
             for p in chunk:
-                pipe.xadd(self.k.ingest, {"data": orjson.dumps(p.ticket)}, maxlen=self.s.stream_maxlen,
-                          approximate=True)
+                pipe.xadd(self.k.ingest, {"data": orjson.dumps(p.ticket)})  # never MAXLEN an ingest lane
             await pipe.execute()
         self.published += len(chunk)
 

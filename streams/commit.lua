@@ -3,7 +3,8 @@
 -- The runtime supplies KEYS[1], ARGV[1] and ARGV[2] (the entry it read); the stage supplies the rest.
 -- KEYS: 1 input stream, 2 output stream, 3 record, 4 idx:all, 5 events stream,
 --       6.. one status index per status, in the order of ARGV[15]
--- ARGV: 1 group, 2 entry id, 3 stage, 4 new status, 5 now_ms, 6 stream maxlen, 7 events maxlen, 8 ttl_s,
+-- ARGV: 1 group, 2 entry id, 3 stage, 4 new status, 5 now_ms, 6 unused (the output stream is never trimmed: it
+--       is another stage's input, whose unread or pending entries must not be lost), 7 events maxlen, 8 ttl_s,
 --       9 ticket_id, 10 output JSON ('' = no output), 11 embedding bytes ('' = none),
 --       12 owner stream id ('' = no check), 13 event type ('' = none), 14 event JSON,
 --       15 statuses (comma list), 16.. record field/value pairs
@@ -46,9 +47,9 @@ end
 redis.call('EXPIRE', rec, ARGV[8])
 if ARGV[10] ~= '' then
   if ARGV[11] ~= '' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'data', ARGV[10], 'emb', ARGV[11], 'ticket_id', ARGV[9])
+    redis.call('XADD', KEYS[2], '*', 'data', ARGV[10], 'emb', ARGV[11], 'ticket_id', ARGV[9])
   else
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'data', ARGV[10], 'ticket_id', ARGV[9])
+    redis.call('XADD', KEYS[2], '*', 'data', ARGV[10], 'ticket_id', ARGV[9])
   end
 end
 if ARGV[13] ~= '' then

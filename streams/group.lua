@@ -2,7 +2,8 @@
 -- Alerts go to the alerts stream here, inside the commit, so none is lost or sent twice by a crash.
 -- KEYS: 1 record, 2 group hash, 3 group members list, 4 incidents zset, 5 alerts stream, 6 events stream
 -- ARGV: 1 ticket_id, 2 group id, 3 now_ms, 4 K, 5 urgent (1/0), 6 alert JSON (ticket summary),
---       7 ttl_s, 8 team, 9 sample text, 10 stream maxlen, 11 events maxlen
+--       7 ttl_s, 8 team, 9 sample text, 10 unused (the alerts stream is never trimmed: an alert not yet sent must
+--       not be lost), 11 events maxlen
 -- Returns {group size, incident (0/1), alert: none|sent|suppressed|incident}
 local rec = KEYS[1]
 if redis.call('HEXISTS', rec, 'done:dedup') == 1 then
@@ -28,13 +29,13 @@ if incident then
 elseif n >= tonumber(ARGV[4]) then
   redis.call('HSET', g, 'incident', '1', 'opened_at', ARGV[3])
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[10], '*', 'type', 'incident.opened', 'group', ARGV[2],
+  redis.call('XADD', KEYS[5], '*', 'type', 'incident.opened', 'group', ARGV[2],
     'size', n, 'data', ARGV[6])
   incident = true
   alert = 'incident'
   evt = 'incident.opened'
 elseif urgent and n == 1 then
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[10], '*', 'type', 'ticket.urgent', 'group', ARGV[2],
+  redis.call('XADD', KEYS[5], '*', 'type', 'ticket.urgent', 'group', ARGV[2],
     'size', n, 'data', ARGV[6])
   alert = 'sent'
 elseif urgent then

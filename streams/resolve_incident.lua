@@ -5,8 +5,10 @@
 -- KEYS: 1 group hash, 2 group members list, 3 incidents zset, 4 events stream,
 --       5 .. 4+S: one status index per status (in the order of ARGV[4]),
 --       then per member: record key, agent key (the record key when none), team queue key
--- ARGV: 1 group id, 2 now_ms, 3 events maxlen, 4 statuses (comma list),
---       5.. per member: ticket id, assignee read ('' = none), team read
+-- ARGV: 1 group id, 2 now_ms, 3 events maxlen, 4 statuses (comma list), 5 record ttl_s,
+--       6.. per member: ticket id, assignee read ('' = none), team read
+-- Each resolved member's record gets its TTL back (one holding a slot had none). Queued tickets waiting for the
+-- freed slots are handed out by fill.lua, which the caller runs next.
 -- Returns {outcome: resolved|already|missing|not_incident|stale, tickets resolved, {agents whose load changed}}
 local g = KEYS[1]
 if redis.call('EXISTS', g) == 0 then return {'missing', 0, {}} end
@@ -18,13 +20,13 @@ for s in string.gmatch(ARGV[4], '[^,]+') do
   nstatus = nstatus + 1
   index[s] = KEYS[4 + nstatus]
 end
-local nmem = (#ARGV - 4) / 3
+local nmem = (#ARGV - 5) / 3
 local members = redis.call('LRANGE', KEYS[2], 0, -1)
 if #members ~= nmem then return {'stale', 0, {}} end
 for m = 1, nmem do
   local rec = KEYS[2 + nstatus + 3 * m]
   local v = redis.call('HMGET', rec, 'assignee', 'team')
-  if members[m] ~= ARGV[2 + 3 * m] or (v[1] or '') ~= ARGV[3 + 3 * m] or (v[2] or '') ~= ARGV[4 + 3 * m] then
+  if members[m] ~= ARGV[3 + 3 * m] or (v[1] or '') ~= ARGV[4 + 3 * m] or (v[2] or '') ~= ARGV[5 + 3 * m] then
     return {'stale', 0, {}}
   end
 end
@@ -33,7 +35,7 @@ local n = 0
 local freed, agents, agent_key = {}, {}, {}
 for m = 1, nmem do
   local rec, akey, queue = KEYS[2 + nstatus + 3 * m], KEYS[3 + nstatus + 3 * m], KEYS[4 + nstatus + 3 * m]
-  local id = ARGV[2 + 3 * m]
+  local id = ARGV[3 + 3 * m]
   local v = redis.call('HMGET', rec, 'status', 'assignee', 'holds_slot')
   local st, agent = v[1], v[2] or ''
   if st == 'assigned' or st == 'attached' or st == 'queued' then
@@ -52,6 +54,7 @@ for m = 1, nmem do
     redis.call('ZREM', index[st], id)
     redis.call('ZADD', index['resolved'], ARGV[2], id)
     redis.call('HSET', rec, 'status', 'resolved', 'resolved_at', ARGV[2])
+    redis.call('EXPIRE', rec, ARGV[5])
     redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'type', 'ticket.resolved', 'ticket_id', id,
       'agent', agent, 'reason', 'incident resolved')
     n = n + 1

@@ -65,7 +65,7 @@ def with_embedded_redis(s: Settings) -> tuple[Settings, EmbeddedRedis | None]:
     """The settings to run with: REDIS_URL when set, else a freshly started embedded server (stop it after)."""
     if s.redis_url:
         return s, None
-    embedded = EmbeddedRedis(s.state_dir)
+    embedded = EmbeddedRedis(s.state_dir, maxmemory=s.embedded_maxmemory)
     return replace(s, redis_url=embedded.start()), embedded
 
 

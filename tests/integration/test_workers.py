@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import collections
-
 import orjson
 
-from fixtures import InProcessPipeline, Worker, wait_for
+from fixtures import InProcessPipeline, Worker, check_capacity_invariant, wait_for
 
 
 async def _consumers(r, stream, group) -> set[str]:
@@ -25,22 +23,6 @@ async def _ready(r, k, names) -> bool:
 
 async def _routed_ids(r, k) -> list[str]:
     return [f[b"ticket_id"].decode() for _, f in await r.xrange(k.routed)]
-
-
-async def _check_capacity_invariant(r, k) -> dict:
-    """No agent over capacity, and each agent's load equals the tickets holding one of its slots."""
-    from routing_engine.infra.agents import list_agents
-
-    agents = {a["id"]: a for a in await list_agents(r, k)}
-    held = collections.Counter()
-    for tid in await r.zrange(k.idx_status("assigned"), 0, -1):
-        h = await r.hmget(k.ticket(tid.decode()), "assignee", "holds_slot")
-        assert h[1] == b"1"
-        held[h[0].decode()] += 1
-    for a in agents.values():
-        assert 0 <= a["load"] <= a["capacity"], a
-        assert a["load"] == held[a["id"]], (a, held)
-    return held
 
 
 def _tickets(n, tag):
@@ -84,7 +66,7 @@ async def test_two_worker_processes_share_http_and_stream_tickets_exactly_once(s
                 info = {c["name"].decode(): c for c in await r.xinfo_consumers(stream, group)}
                 assert set(info) == {"w1", "w2"}
             assert (await r.hget(k.stats, "processed:enrich")) is not None
-            await _check_capacity_invariant(r, k)
+            await check_capacity_invariant(r, k)
             assert await r.xlen(k.dead) == 0
     finally:
         for w in workers:
@@ -125,7 +107,7 @@ async def test_sigkilled_worker_entries_are_reclaimed_by_another(settings, r, tm
         assert len(ids) == 300 and len(set(ids)) == 300
         assert int(await r.hget(k.stats, "processed:route")) == 300
         assert "stage.reclaimed" in b.output()
-        await _check_capacity_invariant(r, k)
+        await check_capacity_invariant(r, k)
     finally:
         if b:
             b.kill(sig=15)

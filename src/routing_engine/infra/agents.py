@@ -63,11 +63,15 @@ async def put_agent(r: aioredis.Redis, k: Keys, agent: dict) -> None:
 
 
 async def load_agents_file(r: aioredis.Redis, k: Keys, path: str | Path | None = None) -> int:
+    """Merge the YAML's agents into Redis: an agent that does not exist yet is created; one that exists keeps its
+    settings (what an operator changed with PUT survives a restart) and its load. Returns how many the file has."""
     path = Path(path) if path else default_agents_file()
     doc = yaml.safe_load(path.read_text()) or {}
     agents = doc.get("agents", [])
     for a in agents:
-        await put_agent(r, k, check_agent(str(a.get("id", "")), {x: y for x, y in a.items()}))
+        agent = check_agent(str(a.get("id", "")), {x: y for x, y in a.items()})
+        if not await r.hexists(k.agent(agent["id"]), "capacity"):
+            await put_agent(r, k, agent)
     return len(agents)
 
 

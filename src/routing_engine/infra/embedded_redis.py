@@ -36,9 +36,13 @@ def _free_port() -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, state_dir: str | Path, port: int | None = None):
+    """`maxmemory` with the noeviction policy: at the limit the server refuses writes (OOM, which the doors answer
+    503 and the stages wait out) instead of evicting keys, which would silently drop accepted tickets."""
+
+    def __init__(self, state_dir: str | Path, port: int | None = None, maxmemory: str = "1gb"):
         self.dir = Path(state_dir).resolve() / "redis"
         self.port = port or int(os.environ.get("ROUTING_EMBEDDED_REDIS_PORT", 0)) or _free_port()
+        self.maxmemory = maxmemory
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -49,7 +53,8 @@ class EmbeddedRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
         cmd = [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
-               "--logfile", str(self.dir / "server.log")]
+               "--logfile", str(self.dir / "server.log"),
+               "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -20,7 +20,7 @@ from ..domain.ticket import STATUSES
 from ..resources import streams_dir
 from .keys import EVENTS_MAXLEN, Keys
 
-SCRIPT_NAMES = ("ingest", "commit", "group", "route", "resolve", "resolve_incident", "mark_dead")
+SCRIPT_NAMES = ("ingest", "commit", "group", "route", "resolve", "resolve_incident", "fill", "mark_dead")
 STATUS_LIST = ",".join(STATUSES)
 
 

@@ -6,6 +6,7 @@ import time
 
 from ..domain.messages import Deduped, Routed
 from ..infra.agents import agent_ids
+from ..infra.operations import fill_after
 from ..infra.runtime import Entry, Outcome, Stage, StageContext
 from ..metrics import END_TO_END
 
@@ -37,7 +38,12 @@ class RouteStage(Stage):
 
     async def after_commit(self, outcomes, results) -> None:
         now = time.time()
+        fill = False
         for o, (reply,) in zip(outcomes, results):
-            _status, _assignee, fresh = reply
+            _status, _assignee, fresh, needs_fill = reply
+            fill = fill or needs_fill == 1
             if fresh == 1 and o.info.get("received_at"):
                 END_TO_END.observe(max(0.0, now - o.info["received_at"] / 1000))
+        if fill:
+            # a ticket was queued behind waiting ones while an agent was free: the queue heads take those slots
+            await fill_after(self.r, self.keys, self.scripts, "route")

@@ -1,4 +1,4 @@
-"""Agents: list with load and capacity, create or update one."""
+"""Agents: list with load and capacity, create or update one (queued tickets then take any slot it opened)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from aiohttp import web
 
 from ..errors import BadRequest
 from ..infra import agents as agents_store
+from ..infra import operations
 from .responses import jresponse, read_json
 from .state import state
 
@@ -25,5 +26,8 @@ async def put_agent(request: web.Request) -> web.Response:
     if isinstance(obj, dict) and obj.get("id", agent_id) != agent_id:
         raise BadRequest("id in the body differs from the URL", field="id")
     agent = agents_store.check_agent(agent_id, obj)
-    await agents_store.put_agent(state(request).redis, state(request).keys, agent)
+    st = state(request)
+    await agents_store.put_agent(st.redis, st.keys, agent)
+    # more capacity, a new agent or one active again: queued tickets take the free slots
+    await operations.fill_after(st.redis, st.keys, st.scripts, "agent.put")
     return jresponse(await agents_store.get_agent(state(request).redis, state(request).keys, agent_id))

@@ -8,7 +8,7 @@ from aiohttp import web
 from ..config import Settings
 from ..infra.keys import Keys
 from ..infra.scripts import Scripts
-from . import agents, dashboard, incidents, ops, sse, tickets
+from . import admission, agents, dashboard, durability, incidents, ops, sse, tickets
 from .access_log import access_log_middleware
 from .middleware import auth_middleware, errors_middleware
 from .responses import MAX_BATCH
@@ -16,12 +16,15 @@ from .state import STATE, AppState
 
 
 def make_app(settings: Settings, r: aioredis.Redis) -> web.Application:
-    app = web.Application(middlewares=[access_log_middleware, errors_middleware, auth_middleware],
+    app = web.Application(middlewares=[access_log_middleware, errors_middleware, auth_middleware,
+                                       admission.oom_middleware],
                           client_max_size=settings.max_body_bytes * MAX_BATCH)
     keys = Keys(settings.prefix)
     app[STATE] = AppState(settings, r, keys, Scripts(r, settings, keys))
     for area in (tickets, incidents, agents, ops):
         app.add_routes(area.routes)
+    admission.setup(app)
+    durability.setup(app)
     sse.setup(app)
     dashboard.setup(app)
     return app

@@ -12,6 +12,8 @@ from ..errors import BadRequest, Conflict, IdConflict, InvalidTicket, NotFound, 
 from ..infra import operations, records
 from ..infra.keys import Keys
 from ..metrics import HTTP_TICKETS
+from . import durability
+from .admission import admit
 from .responses import MAX_BATCH, error_body, int_param, jresponse, read_json
 from .state import STATE, state
 
@@ -41,7 +43,9 @@ async def _accept(app: web.Application, obj) -> tuple[Ticket, str, bool]:
     """One ticket through the door: (ticket, stream id, created); raises InvalidTicket or IdConflict."""
     ticket = validate(obj, app[STATE].settings.max_text_chars)
     body = canonical_json(obj)
-    sid, created, accepted = await _ingest_call(app, body, ticket)
+    async with app[STATE].redis.pipeline(transaction=False) as pipe:
+        await _ingest_call(app, body, ticket, client=pipe)
+        [(sid, created, accepted)] = await durability.execute(app, pipe)
     if created == -1:
         raise _conflict(ticket, accepted, body)
     return ticket, sid.decode(), bool(created)
@@ -49,6 +53,7 @@ async def _accept(app: web.Application, obj) -> tuple[Ticket, str, bool]:
 
 @routes.post("/v1/tickets")
 async def post_ticket(request: web.Request) -> web.Response:
+    admit(request)
     obj = await read_json(request)
     try:
         ticket, sid, created = await _accept(request.app, obj)
@@ -69,6 +74,7 @@ def _item_error(i: int, exc: RoutingError) -> dict:
 @routes.post("/v1/tickets/batch")
 async def post_batch(request: web.Request) -> web.Response:
     """Up to 1000 tickets in one request; each is accepted, a duplicate, or rejected (422, 409) on its own."""
+    admit(request)
     items = await read_json(request)
     if not isinstance(items, list) or not items or len(items) > MAX_BATCH:
         raise BadRequest(f"expected a JSON array of 1..{MAX_BATCH} tickets", field="(body)")
@@ -88,7 +94,7 @@ async def post_batch(request: web.Request) -> web.Response:
             accepted.append((i, ticket, body))
             results.append({})
             await _ingest_call(app, body, ticket, client=pipe)
-        replies = await pipe.execute() if accepted else []
+        replies = await durability.execute(app, pipe) if accepted else []
     slots = [r for r in results if not r]
     for slot, (i, ticket, body), (sid, created, hash_) in zip(slots, accepted, replies):
         if created == -1:
