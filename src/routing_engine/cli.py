@@ -186,6 +186,7 @@ def cmd_eval(args, s: Settings) -> int:
 def cmd_serve(args, s: Settings) -> int:
     # the service (stages, models, web) is imported only for the commands that run it: see STAGE_NAMES
     from . import service
+    from .logs import redact_url
 
     embedded = None
     try:
@@ -200,14 +201,14 @@ def cmd_serve(args, s: Settings) -> int:
             s, embedded = service.with_embedded_redis(s)
             if "ROUTING_PREFIX" not in os.environ:
                 s = replace(s, prefix="demo")  # never mixes with a real pipeline's keys on the same Redis
-            print(f"Redis    {s.redis_url}  (key prefix {{{s.prefix}}})", flush=True)
+            print(f"Redis    {redact_url(s.redis_url)}  (key prefix {{{s.prefix}}})", flush=True)
             asyncio.run(service.demo(s, plan, linger_s=args.linger, agents_file=args.agents,
                                      say=lambda m: print(m, flush=True)))
         elif args.cmd == "up":
             service.ensure_model(s)
             s, embedded = service.with_embedded_redis(s)
             where = f"  (embedded, data in {embedded.dir})" if embedded else ""
-            print(f"Redis    {s.redis_url}{where}", flush=True)
+            print(f"Redis    {redact_url(s.redis_url)}{where}", flush=True)
             asyncio.run(service.serve(s, stages=service.STAGES, api=True, agents_file=args.agents))
         elif args.cmd == "api":
             asyncio.run(service.serve(s, api=True, agents_file=args.agents))
@@ -240,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_train(args, s)
     if args.cmd == "eval":
         return cmd_eval(args, s)
+    refusal = s.bind_refusal() if args.cmd in ("api", "up", "demo") else None
+    if refusal:  # before training or starting anything: a token must be set to serve beyond loopback
+        print(refusal, file=sys.stderr)
+        return 2
     if args.cmd in ("api", "worker") and not s.redis_url:
         print(f"{args.cmd} needs REDIS_URL (only `routing-engine up` starts an embedded Redis)", file=sys.stderr)
         return 2

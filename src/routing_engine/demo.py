@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 
 from .models.data import default_training_data
+from .web.signatures import sign
 
 # Customer details appended to some tickets, so a storm is not only exact repeats.
 DETAILS = ("Customer {n}.", "Account ending {d4}.", "Sent from my phone.", "Reference R{n}.", "Card ending {d4}.")
@@ -88,8 +89,10 @@ def plan_tickets(by_intent: dict[str, list[str]], plan: DemoPlan) -> list[tuple[
 
 
 async def replay(base_url: str, planned: list[tuple[float, dict]], stop: asyncio.Event, *, token: str = "",
-                 say=print) -> dict:
-    """POST each ticket to the webhook at its time; returns counts. Stops early when `stop` is set."""
+                 secret: str = "", say=print) -> dict:
+    """POST each ticket to the webhook at its time (signed with the first of `secret`'s comma list when set);
+    returns counts. Stops early when `stop` is set."""
+
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -108,7 +111,9 @@ async def replay(base_url: str, planned: list[tuple[float, dict]], stop: asyncio
                 except TimeoutError:
                     pass
             try:
-                async with http.post("/v1/tickets", data=orjson.dumps(doc)) as resp:
+                body = orjson.dumps(doc)
+                signed = {"X-Routing-Signature": sign(secret.split(",")[0].strip(), body)} if secret else {}
+                async with http.post("/v1/tickets", data=body, headers=signed) as resp:
                     if resp.status == 202:
                         sent += 1
                     else:

@@ -203,7 +203,8 @@ async def demo(s: Settings, plan, *, linger_s: float = 60.0, agents_file: str | 
                 f"{plan.storm_start_s:g} s a storm of {n_storm} '{plan.storm_intent}' tickets at {plan.storm_rate:g}/s")
             say("demo     watch: the ticket table fill, the flood chart turn FLOOD, an incident open for the storm "
                 "(incidents panel), agents load up, the breaker card; click a ticket row for its decision trail")
-            stats = await demo_mod.replay(url, planned, run.stop, token=s.api_token, say=say)
+            token = s.ingest_token or s.operate_token or s.api_token  # the demo posts through the webhook door
+            stats = await demo_mod.replay(url, planned, run.stop, token=token, secret=s.webhook_secret, say=say)
             k = Keys(s.prefix)
             deadline = asyncio.get_running_loop().time() + 60
             while not run.stop.is_set() and asyncio.get_running_loop().time() < deadline:
