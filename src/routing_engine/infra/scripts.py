@@ -22,6 +22,11 @@ from .keys import EVENTS_MAXLEN, Keys
 
 SCRIPT_NAMES = ("ingest", "commit", "group", "route", "resolve", "resolve_incident", "fill", "mark_dead")
 STATUS_LIST = ",".join(STATUSES)
+# Streams a consumer group reads (ingest lanes, escalate, enriched, deduped, alerts) are never trimmed by length:
+# MAXLEN would delete entries no worker has read or acked yet. Their ARGV slot for a maxlen gets this; only
+# routed, dead and events (history nobody acks) are capped by ROUTING_STREAM_MAXLEN. infra/retention.py trims
+# the grouped streams up to what every group has acked.
+UNTRIMMED = 0
 
 
 @functools.cache
@@ -78,7 +83,7 @@ class Scripts:
         k, s = self.k, self.s
         return Write("commit", acks=True,
                      keys=[output_stream, k.ticket(ticket_id), k.idx_all, k.events, *k.idx_statuses],
-                     args=[stage, status, now_ms(), s.stream_maxlen, EVENTS_MAXLEN, s.ticket_ttl_s, ticket_id,
+                     args=[stage, status, now_ms(), UNTRIMMED, EVENTS_MAXLEN, s.ticket_ttl_s, ticket_id,
                            data, emb, owner, event, event_data, STATUS_LIST, *flat])
 
     def group(self, *, ticket_id: str, gid: str, urgent: bool, alert: dict, team: str, sample: str) -> Write:
@@ -87,7 +92,7 @@ class Scripts:
         return Write("group",
                      keys=[k.ticket(ticket_id), k.group(gid), k.members(gid), k.incidents, k.alerts, k.events],
                      args=[ticket_id, gid, now_ms(), s.incident_k, int(urgent), orjson.dumps(alert),
-                           s.ticket_ttl_s, team, sample, s.stream_maxlen, EVENTS_MAXLEN])
+                           s.ticket_ttl_s, team, sample, UNTRIMMED, EVENTS_MAXLEN])
 
     def route(self, *, ticket_id: str, team: str, gid: str, urgency: float, summary: dict,
               agent_ids: list[str]) -> Write:
@@ -106,7 +111,7 @@ class Scripts:
         hash}; `ticket_json` is the canonical JSON, whose hash the record keeps."""
         k, s = self.k, self.s
         return self.call("ingest", [k.ticket(ticket_id), lane, k.idx_all, k.idx_status("received"), k.events],
-                         [ticket_id, ticket_json, now_ms(), s.stream_maxlen, s.ticket_ttl_s, EVENTS_MAXLEN,
+                         [ticket_id, ticket_json, now_ms(), UNTRIMMED, s.ticket_ttl_s, EVENTS_MAXLEN,
                           body_hash(ticket_json)], client)
 
     def mark_dead(self, *, ticket_id: str, reason: str, at_ms: int, owner: str = "", client=None):

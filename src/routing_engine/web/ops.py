@@ -8,7 +8,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from ..infra.health import pipeline_state, redis_metrics
 from .admission import overload_response
-from .admission import overload_response
 from .auth import READ, scopes
 from .openapi import openapi_doc
 from .responses import jresponse
@@ -26,8 +25,6 @@ async def healthz(request: web.Request) -> web.Response:
         streams = await pipeline_state(r, k) if detailed else {}
     except (aioredis.ConnectionError, OSError) as exc:
         return jresponse({"status": "unavailable", "redis": False, **({"error": str(exc)} if detailed else {})}, 503)
-    if (busy := overload_response(request, detailed)) is not None:
-        return busy
     if (busy := overload_response(request, detailed)) is not None:
         return busy
     if not detailed:
