@@ -4,6 +4,9 @@
 FROM python:3.11-slim
 
 ARG TORCH_INDEX_URL=""
+# The container binds 0.0.0.0 so the published port reaches it; beyond loopback the service refuses to start with
+# no token: run it with ROUTING_OPERATE_TOKEN (and ROUTING_READ_TOKEN / ROUTING_INGEST_TOKEN as needed) set, e.g.
+# docker run -e ROUTING_OPERATE_TOKEN=$(openssl rand -hex 32) ...  (see README, Security)
 ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     ROUTING_HOST=0.0.0.0 ROUTING_STATE_DIR=/data ROUTING_LOG_FORMAT=json
 

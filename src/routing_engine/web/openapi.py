@@ -20,6 +20,33 @@ def _json(desc: str, schema: dict | None = None) -> dict:
     return {"description": desc, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
+_SCOPES = ("A token's scope: ingest (ROUTING_INGEST_TOKEN) may POST /v1/tickets and /batch only; read "
+           "(ROUTING_READ_TOKEN) the GET endpoints, the SSE feed, the dashboard and /metrics; operate "
+           "(ROUTING_OPERATE_TOKEN, or ROUTING_API_TOKEN) everything. With no token configured (loopback only) the "
+           "API is open.")
+_INGEST_SECURITY = [{"bearer": []}, {"cookie": []}, {"webhookSignature": []}]
+
+
+def _secured(paths: dict) -> dict:
+    """Each guarded operation gets its 401 (no or wrong token, bad signature) and 403 (wrong scope, named)."""
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            if op.get("security") == [] or path in ("/login", "/openapi.json", "/healthz"):
+                continue
+            scope = "ingest" if path in ("/v1/tickets", "/v1/tickets/batch") and method == "post" else \
+                "read" if method == "get" else "operate"
+            op["description"] = (op.get("description", "") + f" Needs the {scope} scope.").strip()
+            op.setdefault("responses", {})
+            op["responses"].setdefault("401", _err("unauthorized: no or wrong token"
+                                                   + ("; or a missing, malformed, expired or mismatched webhook "
+                                                      "signature (signature_*)" if scope == "ingest" else "")))
+            op["responses"].setdefault("403", _err(f"forbidden: the token lacks the {scope} scope (`scope` in the "
+                                                   "error names it)"))
+            if scope == "ingest":
+                op["security"] = _INGEST_SECURITY
+    return paths
+
+
 @functools.cache
 def openapi_doc() -> dict:
     ticket = orjson.loads((streams_dir() / "ticket.schema.json").read_bytes())
@@ -31,8 +58,15 @@ def openapi_doc() -> dict:
         "info": {"title": "routing-engine", "version": __version__,
                  "description": "Support-ticket routing on Redis Streams: classify, score urgency, group, assign."},
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
-                                "cookie": {"type": "apiKey", "in": "cookie", "name": "routing_token"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": _SCOPES},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": "routing_token",
+                           "description": "set by the login form (POST /login) from a read or operate token"},
+                "webhookSignature": {"type": "apiKey", "in": "header", "name": "X-Routing-Signature",
+                                     "description": "with ROUTING_WEBHOOK_SECRET set, required on POST /v1/tickets and "
+                                                    "/v1/tickets/batch (and enough there): t=<unix seconds>,v1=<hex "
+                                                    "HMAC-SHA256 of '<t>.<raw body>'>, t within "
+                                                    "ROUTING_WEBHOOK_TOLERANCE_S (300 s)"}},
             "schemas": {
                 "Ticket": ticket,
                 "Accepted": {"type": "object", "required": ["ticket_id", "stream_id"], "properties": {
@@ -47,15 +81,17 @@ def openapi_doc() -> dict:
                                         "JSON (keys sorted) of the body first accepted under this id"},
                     "posted_sha256": {"type": "string", "description": "409 id_conflict: the same, of the body posted"},
                     "status": {"type": "integer", "description": "batch items only: the status this item alone "
-                               "would get (409, 422)"}}}}},
+                               "would get (409, 422)"},
+                    "scope": {"type": "string", "enum": ["ingest", "read", "operate"],
+                              "description": "401/403: the scope the route needs"}}}}},
                 "Agent": {"type": "object", "properties": {
                     "name": {"type": "string"}, "capacity": {"type": "integer", "minimum": 0},
                     "skills": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}},
                     "active": {"type": "boolean"}}},
             },
         },
-        "security": [{"bearer": []}, {"cookie": []}, {}],
-        "paths": {
+        "security": [{"bearer": []}, {"cookie": []}],
+        "paths": _secured({
             "/v1/tickets": {
                 "post": {"summary": "Submit a ticket (webhook door). `id` is an idempotency key: the same id and body "
                                     "again is 202 with duplicate=true, the same id with another body is 409.",
@@ -110,23 +146,29 @@ def openapi_doc() -> dict:
                               "400": _ERR, "401": _ERR}}},
             "/": {"get": {"summary": "Live monitor dashboard (HTML); a login form when a token is required",
                           "responses": {"200": {"description": "text/html"}, "401": {"description": "login form"}}}},
-            "/login": {"get": {"summary": "`?token=` sets the HttpOnly routing_token cookie and redirects to /",
+            "/login": {"get": {"summary": "The login form (HTML). A token in the URL is refused (400): use the form",
                                "security": [],
-                               "parameters": [{"name": "token", "in": "query", "schema": {"type": "string"}}],
-                               "responses": {"303": {"description": "cookie set"}, "401": {"description": "wrong token"}}},
+                               "responses": {"200": {"description": "login form"},
+                                             "400": {"description": "a ?token= in the URL (never accepted)"}}},
                        "post": {"summary": "Login form (field `token`): sets the cookie and redirects to /", "security": [],
                                 "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {
                                     "type": "object", "properties": {"token": {"type": "string"}}}}}},
-                                "responses": {"303": {"description": "cookie set"}, "401": {"description": "wrong token"}}}},
+                                "responses": {"303": {"description": "cookie set (HttpOnly, SameSite=Strict, Secure "
+                                                                      "over TLS)"},
+                                              "401": {"description": "wrong token, or one without the read scope"},
+                                              "429": {"description": "5 failures from this address within a minute; "
+                                                                     "see Retry-After"}}}},
             "/v1/agents": {"get": {"summary": "Agents with load and capacity", "responses": {"200": _json("Agents")}}},
             "/v1/agents/{agent_id}": {"put": {
                 "summary": "Create or update an agent (load is kept)",
                 "parameters": [{"name": "agent_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Agent"}}}},
                 "responses": {"200": _json("Agent"), "400": _ERR, "415": _ERR, "422": _ERR}}},
-            "/healthz": {"get": {"summary": "Redis reachable, consumer lag per group", "security": [],
+            "/healthz": {"get": {"summary": "Anyone: {status, redis}. With a read token (or no token configured): "
+                                            "also streams, consumer groups, consumers and lag",
+                                 "security": [{"bearer": []}, {}],
                                  "responses": {"200": _json("Healthy"), "503": _json("Unavailable")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
+            "/metrics": {"get": {"summary": "Prometheus metrics (read scope once any token is configured)",
                                  "responses": {"200": {"description": "text/plain exposition"}}}},
-        },
+        }),
     }
