@@ -26,7 +26,8 @@ async def test_documented_scopes_match_the_app(settings, r):
                 assert "401" in op["responses"], (method, path)
                 scope = re.search(r"lacks the (\w+) scope", op["responses"]["403"]["description"]).group(1)
                 url = re.sub(r"\{\w+\}", "x", path)
-                resp = await p.client.request(method.upper(), url, headers={"Authorization": f"Bearer {LACKING[scope]}"})
+                bearer = {"Authorization": f"Bearer {LACKING[scope]}"}
+                resp = await p.client.request(method.upper(), url, headers=bearer)
                 assert resp.status == 403, (method, path)
                 assert (await resp.json())["error"]["scope"] == scope, (method, path)
                 checked += 1
