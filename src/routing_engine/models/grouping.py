@@ -29,10 +29,12 @@ import numpy as np
 class GroupingRule:
     tau: float = 0.85  # neighbour cosine that joins whatever the categories
     tau_category: float = 0.5  # neighbour cosine that joins when both got the same category
-    tau_centroid: float = 0.75  # centroid cosine that joins whatever the categories
+    # centroid cosine that joins whatever the categories: at 0.75 big storm groups drew in 4-9% of unrelated
+    # background tickets (bench/grouping.py), at 0.9 about 1-2%
+    tau_centroid: float = 0.9
     tau_centroid_category: float = 0.55  # centroid cosine that joins when the group's category is among the top labels
     top_labels: int = 2  # how many of the ticket's top labels count as evidence
-    min_label_p: float = 0.1  # ...each with at least this probability
+    min_label_p: float = 0.3  # ...each with at least this probability
     # centroid-to-centroid cosine that merges two groups of the same main category: sub-clusters of one storm
     # (one intent, reworded) sat at 0.70-0.77 to each other in bench/grouping.py; 0.65 recovered most of them
     tau_merge: float = 0.65
