@@ -1,4 +1,4 @@
-"""`routing-engine` command line: argparse and dispatch only (up, api, worker, train, eval)."""
+"""`routing-engine` command line: argparse and dispatch only (up, api, worker, train, eval, replay-alerts)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--name",
                    help="consumer name (default host-pid); reuse it after a restart to resume its pending entries")
     w.add_argument("--metrics-port", type=int, default=0, help="serve this worker's Prometheus metrics on this port")
+
+    ra = add("replay-alerts", "re-queue dead-lettered alerts onto the alerts stream (each once)",
+             "Put the alerts the alerts stage dead-lettered (receiver down past ROUTING_ALERT_RETRY_FOR_S, or "
+             "rejecting them) back on the alerts stream with their original payload and alert_id, printing each. "
+             "Replayed dead entries are remembered, so a second run sends nothing twice. Requires REDIS_URL.")
+    ra.add_argument("--since", default="-", help="first {prefix}:dead entry id to look at (default: all)")
+    ra.add_argument("--dry-run", action="store_true", help="only list what would be replayed")
 
     t = add("train", "train the fast path (LightGBM) and the transformer fallback; write versioned artifacts",
             "Embed labelled texts with all-MiniLM-L6-v2 and train the LightGBM fast path on them (pooled with a "
@@ -183,6 +190,22 @@ def cmd_eval(args, s: Settings) -> int:
     return 0
 
 
+def cmd_replay_alerts(args, s: Settings) -> int:
+    import redis.asyncio as aioredis
+
+    from .infra.alert_replay import replay_alerts
+
+    async def run() -> None:
+        r = aioredis.from_url(s.redis_url)
+        try:
+            await replay_alerts(r, s, since=args.since, dry_run=args.dry_run, say=lambda m: print(m, flush=True))
+        finally:
+            await r.aclose()
+
+    asyncio.run(run())
+    return 0
+
+
 def cmd_serve(args, s: Settings) -> int:
     # the service (stages, models, web) is imported only for the commands that run it: see STAGE_NAMES
     from . import service
@@ -245,9 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     if refusal:  # before training or starting anything: a token must be set to serve beyond loopback
         print(refusal, file=sys.stderr)
         return 2
-    if args.cmd in ("api", "worker") and not s.redis_url:
+    if args.cmd in ("api", "worker", "replay-alerts") and not s.redis_url:
         print(f"{args.cmd} needs REDIS_URL (only `routing-engine up` starts an embedded Redis)", file=sys.stderr)
         return 2
+    if args.cmd == "replay-alerts":
+        return cmd_replay_alerts(args, s)
     return cmd_serve(args, s)
 
 

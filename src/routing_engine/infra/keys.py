@@ -63,6 +63,16 @@ class Keys:
         return f"{self.base}:alerts"
 
     @property
+    def alerts_delayed(self) -> str:
+        """Zset of alerts waiting for their next try (score: due time in ms); streams/alerts_due.lua moves them back."""
+        return f"{self.base}:alerts:delayed"
+
+    @property
+    def alerts_replayed(self) -> str:
+        """Set of {prefix}:dead ids that `replay-alerts` re-queued: a second run skips them."""
+        return f"{self.base}:alerts:replayed"
+
+    @property
     def dead(self) -> str:
         return f"{self.base}:dead"
 

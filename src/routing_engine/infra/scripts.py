@@ -20,7 +20,8 @@ from ..domain.ticket import STATUSES
 from ..resources import streams_dir
 from .keys import EVENTS_MAXLEN, Keys
 
-SCRIPT_NAMES = ("ingest", "commit", "group", "route", "resolve", "resolve_incident", "fill", "mark_dead")
+SCRIPT_NAMES = ("ingest", "commit", "group", "route", "resolve", "resolve_incident", "fill", "mark_dead",
+                "alerts_due", "alerts_replay")
 STATUS_LIST = ",".join(STATUSES)
 # Streams a consumer group reads (ingest lanes, escalate, enriched, deduped, alerts) are never trimmed by length:
 # MAXLEN would delete entries no worker has read or acked yet. Their ARGV slot for a maxlen gets this; only
@@ -113,6 +114,15 @@ class Scripts:
         return self.call("ingest", [k.ticket(ticket_id), lane, k.idx_all, k.idx_status("received"), k.events],
                          [ticket_id, ticket_json, now_ms(), UNTRIMMED, s.ticket_ttl_s, EVENTS_MAXLEN,
                           body_hash(ticket_json)], client)
+
+    def alerts_due(self, *, limit: int = 100, client=None):
+        """alerts_due.lua: alerts whose next try is due go back onto the alerts stream; replies how many."""
+        return self.call("alerts_due", [self.k.alerts_delayed, self.k.alerts], [now_ms(), limit], client)
+
+    def alerts_replay(self, *, dead_id: str, fields: dict, client=None):
+        """alerts_replay.lua: re-queue a dead-lettered alert unless it was replayed before (then replies None)."""
+        flat = [x for kv in fields.items() for x in kv]
+        return self.call("alerts_replay", [self.k.alerts_replayed, self.k.alerts], [dead_id, *flat], client)
 
     def mark_dead(self, *, ticket_id: str, reason: str, at_ms: int, owner: str = "", client=None):
         """mark_dead.lua, with the ticket.dead event; `owner`: the ingest entry that must own the record."""
