@@ -264,3 +264,12 @@ async def test_fifty_clients_one_never_reads(settings, r):
             t.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
     await server.close()
+
+
+async def test_head_on_the_feed_is_headers_only(api):
+    """HEAD gets the feed's headers and no stream: bytes after them would corrupt the connection (found by the fuzz,
+    tests/web/test_http_fuzz.py), and the next request on it would read them as its status line."""
+    resp = await api.head("/v1/events")
+    assert resp.status == 200 and resp.content_type == "text/event-stream"
+    assert await asyncio.wait_for(resp.read(), 5) == b""
+    assert (await api.get("/healthz")).status == 200  # the connection is still sound

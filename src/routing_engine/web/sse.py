@@ -63,6 +63,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         # after megabytes of autotuned buffer, so the bounded per-client buffer is what decides when to drop it
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
     await resp.prepare(request)
+    if request.method == "HEAD":  # headers only: stream bytes after them would be read as the next response
+        return resp
     client = Client(types, request.transport, hub.client_buffer)
     try:
         await resp.write(f"retry: {RETRY_MS}\n\n".encode())
