@@ -69,7 +69,7 @@ async def resolve_ticket(r: aioredis.Redis, k: Keys, scripts: Scripts, ticket_id
                               *heads])
         if _s(outcome) != "stale":
             if _s(outcome) == "resolved":
-                await fill_after(r, k, scripts, "ticket.resolve")
+                await fill_after(r, k, scripts, "ticket resolved")
             return Resolved(_s(outcome), _s(detail), _s(who))
     raise Contended(f"ticket {ticket_id!r} kept changing while being resolved; try again")
 
@@ -90,7 +90,7 @@ async def resolve_incident(r: aioredis.Redis, k: Keys, scripts: Scripts, gid: st
         outcome, n, agents = await scripts.call("resolve_incident", keys, args)
         if _s(outcome) != "stale":
             if _s(outcome) == "resolved":
-                await fill_after(r, k, scripts, "incident.resolve")
+                await fill_after(r, k, scripts, "incident resolved")
             return IncidentResolved(_s(outcome), int(n), [_s(a) for a in agents])
     raise Contended(f"incident {gid!r} kept changing while being resolved; try again")
 

@@ -29,5 +29,5 @@ async def put_agent(request: web.Request) -> web.Response:
     st = state(request)
     await agents_store.put_agent(st.redis, st.keys, agent)
     # more capacity, a new agent or one active again: queued tickets take the free slots
-    await operations.fill_after(st.redis, st.keys, st.scripts, "agent.put")
+    await operations.fill_after(st.redis, st.keys, st.scripts, "agent changed")
     return jresponse(await agents_store.get_agent(state(request).redis, state(request).keys, agent_id))
