@@ -19,3 +19,7 @@ RECLAIMED = Counter("routing_stage_reclaimed_total", "Entries reclaimed from idl
 HTTP_TICKETS = Counter("routing_http_tickets_total", "Tickets over HTTP, by result", ["result"])
 ALERTS = Counter("routing_alerts_total", "Outbound alerts, by result", ["result"])
 MODEL_INFO = Gauge("routing_model_info", "Loaded classifier version", ["version"])
+CONSUMERS_DELETED = Counter("routing_consumers_deleted_total",
+                            "Dead consumers (idle, nothing pending) deleted by housekeeping")
+INDEX_PRUNED = Counter("routing_index_entries_pruned_total",
+                       "Status/all index members of expired ticket records removed")

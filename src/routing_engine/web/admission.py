@@ -2,8 +2,9 @@
 ROUTING_MAX_INGEST_LAG, instead of queueing without bound; every 429 and 503 carries a Retry-After.
 
 One background task per API process reads the backlog every 200 ms (so a request only compares two numbers),
-estimates how fast the enrich stage drains it, and every few seconds trims grouped streams up to what every
-group has acked (infra/backlog.py). A Redis refusing writes at maxmemory (OOM) is a 503 too.
+estimates how fast the enrich stage drains it, every few seconds trims grouped streams up to what every
+group has acked (infra/backlog.py), and every ROUTING_HOUSEKEEPING_S deletes dead consumers and prunes index
+entries of expired tickets (infra/housekeeping.py). A Redis refusing writes at maxmemory (OOM) is a 503 too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from aiohttp import web
 from redis.exceptions import OutOfMemoryError
 
 from ..errors import RoutingError
-from ..infra import backlog
+from ..infra import backlog, housekeeping
 from .responses import jresponse
 from .state import STATE
 
@@ -93,7 +94,7 @@ def admit(request: web.Request) -> None:
 
 async def _watch(app: web.Application) -> None:
     st, b = app[STATE], app[BACKLOG]
-    last_trim, failing = 0.0, False
+    last_trim, last_sweep, failing = 0.0, time.monotonic(), False
     while True:
         try:
             lag, done = await backlog.ingest_backlog(st.redis, st.keys), await backlog.processed(st.redis, st.keys)
@@ -101,6 +102,10 @@ async def _watch(app: web.Application) -> None:
             if time.monotonic() - last_trim > TRIM_EVERY_S:
                 last_trim = time.monotonic()
                 await backlog.trim_acked(st.redis, st.keys, st.settings.dedup_window_s)
+            if time.monotonic() - last_sweep > st.settings.housekeeping_s:
+                last_sweep = time.monotonic()
+                await housekeeping.housekeep(st.redis, st.keys, st.settings.consumer_idle_delete_s,
+                                             st.settings.ticket_ttl_s)
             failing = False
         except asyncio.CancelledError:
             raise
