@@ -19,33 +19,10 @@ from redis.exceptions import ResponseError
 
 from ..metrics import CONSUMERS_DELETED, INDEX_PRUNED
 from .keys import STAGE_INPUTS, Keys
+from .scripts import lua
 
 CHUNK = 500
 MAX_CHUNKS = 20  # per index per pass: at most 10,000 members looked at, whatever the backlog of expired ones
-
-# KEYS: stream; ARGV: group, consumer. Deletes the consumer only if it has no pending entry; returns 1 if deleted.
-_DELCONSUMER_IF_IDLE = """
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
-if #pending > 0 then return 0 end
-redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
-# KEYS: index, then one record key per id; ARGV: cutoff score, then the ids. Removes the ids whose record does not
-# exist and whose score is still <= cutoff; returns how many went.
-_PRUNE_GONE = """
-local removed = 0
-for i = 2, #KEYS do
-  local id = ARGV[i]
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    local score = redis.call('ZSCORE', KEYS[1], id)
-    if score and tonumber(score) <= tonumber(ARGV[1]) then
-      removed = removed + redis.call('ZREM', KEYS[1], id)
-    end
-  end
-end
-return removed
-"""
 
 
 def _s(v) -> str:
@@ -62,7 +39,7 @@ class Swept:
 
 async def delete_dead_consumers(r: aioredis.Redis, k: Keys, idle_s: float) -> int:
     """XGROUP DELCONSUMER every consumer of a stage group with no pending entry, idle longer than `idle_s`."""
-    script = r.register_script(_DELCONSUMER_IF_IDLE)
+    script = r.register_script(lua("delconsumer_if_idle"))
     deleted = 0
     for group, attrs in STAGE_INPUTS.items():
         for attr in attrs:
@@ -81,7 +58,7 @@ async def delete_dead_consumers(r: aioredis.Redis, k: Keys, idle_s: float) -> in
 async def prune_index(r: aioredis.Redis, k: Keys, index: str, cutoff_ms: int) -> int:
     """Remove the members of `index` scored <= cutoff_ms whose ticket record no longer exists, oldest first, at most
     MAX_CHUNKS chunks of CHUNK; live members are skipped over (an offset), so they are not read again this pass."""
-    script = r.register_script(_PRUNE_GONE)
+    script = r.register_script(lua("prune_index"))
     removed, offset = 0, 0
     for _ in range(MAX_CHUNKS):
         ids = [_s(m) for m in await r.zrangebyscore(index, "-inf", cutoff_ms, start=offset, num=CHUNK)]
