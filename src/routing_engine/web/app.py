@@ -23,8 +23,10 @@ def make_app(settings: Settings, r: aioredis.Redis) -> web.Application:
     app[STATE] = AppState(settings, r, keys, Scripts(r, settings, keys))
     for area in (tickets, incidents, agents, ops):
         app.add_routes(area.routes)
-    admission.setup(app)
+    # the durability check first: when it refuses to start, no background task has been started yet (one left
+    # running by a failed start could hang the event loop's shutdown)
     durability.setup(app)
+    admission.setup(app)
     sse.setup(app)
     dashboard.setup(app)
     return app
