@@ -184,6 +184,7 @@ class Engine:
         self.url = None
         self._task = None
         self._inproc = None  # service.running(...) when the stages and API run in this process
+        self.metrics_ports: list[int] = []  # each worker's --metrics-port (per-step timings are read from there)
 
     def _env(self, threads: int | None) -> dict:
         env = dict(os.environ)
@@ -228,7 +229,10 @@ class Engine:
             threads = max(1, (os.cpu_count() or 1) // n) if n > 1 else None
             names = [f"bench-w{i}" for i in range(n)]
             for name in names:
-                self._spawn(["worker", "--stages", ",".join(stage_names()), "--name", name], name, threads)
+                port = _free_port()
+                self.metrics_ports.append(port)
+                self._spawn(["worker", "--stages", ",".join(stage_names()), "--name", name,
+                             "--metrics-port", str(port)], name, threads)
             if http:
                 port = _free_port()
                 self.url = f"http://127.0.0.1:{port}"
@@ -263,6 +267,24 @@ class Engine:
                                  f"({joined}/{len(names) * len(streams)} stage consumers joined); "
                                  f"logs in {self.o.out_dir}")
             await asyncio.sleep(0.25)
+
+    async def metrics_texts(self) -> list[str]:
+        """The Prometheus exposition of every worker (of this process when the stages run in it)."""
+        if self._inproc is not None:
+            from prometheus_client import REGISTRY, generate_latest
+
+            return [generate_latest(REGISTRY).decode()]
+        import aiohttp
+
+        out = []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+            for port in self.metrics_ports:
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        out.append(await resp.text())
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    print(f"metrics of the worker on port {port} not read: {exc}", file=sys.stderr)
+        return out
 
     async def __aexit__(self, *exc):
         if self._inproc is not None:
@@ -618,6 +640,7 @@ async def run_flood(scenario, planned: list, settings, opts: Options, embedder=N
             await asyncio.gather(rep.run(planned),
                                  watch(r, k, rep, len(planned), opts, samples, stage_streams(settings)))
             wall = time.perf_counter() - t_wall
+            metrics = await eng.metrics_texts()
             got = await collect(r, k, [p.ticket["id"] for p in planned])
             agents = eng.agents
     finally:
@@ -627,6 +650,7 @@ async def run_flood(scenario, planned: list, settings, opts: Options, embedder=N
     unseen, note = unseen_rows(model_path) if model_path else (None, "no model")
     report = build_report(scenario, planned, got, samples, opts, settings, unseen, note, rep.http_errors)
     report["wall_s"] = round(wall, 2)
+    report["steps"] = fr.step_summary(metrics)
     report["agents"] = agents
     report["model"] = model_path.name if model_path else None
     report["http_error_samples"] = rep.http_errors[:5]

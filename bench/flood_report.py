@@ -85,6 +85,67 @@ def stage_summary(rows: list[dict]) -> dict:
     return out
 
 
+def _bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """Quantile from cumulative (upper bound, count) buckets, interpolated within the bucket (as PromQL does)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    want = q * buckets[-1][1]
+    lo_bound, lo_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= want:
+            if bound == float("inf"):
+                return lo_bound
+            return lo_bound + (bound - lo_bound) * ((want - lo_count) / max(count - lo_count, 1e-12))
+        lo_bound, lo_count = bound, count
+    return lo_bound
+
+
+def step_summary(texts: list[str]) -> dict:
+    """routing_stage_step_seconds (and the batch totals) from the workers' /metrics, summed over workers:
+    per stage and step, batches, mean and p50 ms per batch (p50 from the histogram's buckets), ms per ticket,
+    and the step's share of the stage's batch time."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    steps: dict[tuple[str, str], dict] = {}
+    batch: dict[str, dict] = defaultdict(lambda: {"sum": 0.0, "count": 0.0})
+    entries: dict[str, float] = defaultdict(float)
+    for text in texts:
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                if fam.name == "routing_stage_step_seconds":
+                    key = (smp.labels.get("stage", ""), smp.labels.get("step", ""))
+                    d = steps.setdefault(key, {"sum": 0.0, "count": 0.0, "buckets": defaultdict(float)})
+                    if smp.name.endswith("_bucket"):
+                        d["buckets"][float(smp.labels["le"])] += smp.value
+                    elif smp.name.endswith("_sum"):
+                        d["sum"] += smp.value
+                    elif smp.name.endswith("_count"):
+                        d["count"] += smp.value
+                elif fam.name == "routing_stage_batch_seconds" and not smp.name.endswith("_bucket"):
+                    kind = "sum" if smp.name.endswith("_sum") else "count" if smp.name.endswith("_count") else None
+                    if kind:
+                        batch[smp.labels.get("stage", "")][kind] += smp.value
+                elif fam.name == "routing_stage_batch_size" and smp.name.endswith("_sum"):
+                    entries[smp.labels.get("stage", "")] += smp.value
+    out: dict[str, dict] = {}
+    for (stage, step), d in sorted(steps.items()):
+        if not d["count"]:
+            continue
+        p50 = _bucket_quantile(sorted(d["buckets"].items()), 0.5)
+        total = batch[stage]["sum"]
+        out.setdefault(stage, {"batches": int(batch[stage]["count"]), "batch_ms_mean":
+                               round(1000 * total / batch[stage]["count"], 2) if batch[stage]["count"] else None,
+                               "steps": {}})
+        out[stage]["steps"][step] = {
+            "batches": int(d["count"]), "mean_ms": round(1000 * d["sum"] / d["count"], 2),
+            "p50_ms": round(1000 * p50, 2) if p50 is not None else None,
+            "ms_per_ticket": round(1000 * d["sum"] / entries[stage], 3) if entries[stage] else None,
+            # read happens before the batch clock starts: its share is of the batch time, not part of it
+            "share_of_batch": round(d["sum"] / total, 3) if total else None,
+        }
+    return out
+
+
 def timeline(recs: list[dict], t0_ms: int, samples: list[dict]) -> list[dict]:
     """Per second since the first ticket: arrivals, routed, latency p50/p99 (by arrival second), lag."""
     if not recs:
@@ -144,6 +205,11 @@ def table(rep: dict) -> str:
                                   f"{_f(lat['urgent_during_storms_p99'])} (n={lat['urgent_during_storms_n']})"),
         ("per stage p50/p95 ms", "  ".join(f"{k} {_f(st[k]['p50'], '{:.0f}')}/{_f(st[k]['p95'], '{:.0f}')}"
                                            for k in ("queue_wait", "enrich", "dedup", "route"))),
+        *[(f"  {stage} steps, mean ms/batch", "  ".join(f"{k} {v['mean_ms']:.1f}" for k, v in d["steps"].items()))
+          for stage, d in (rep.get("steps") or {}).items() if stage == "enrich"],
+        *[(f"  {stage} steps, mean ms/batch", "  ".join(f"{k} {v['mean_ms']:.1f}" for k, v in d["steps"].items()
+                                                         if k in ("read", "process", "commit")))
+          for stage, d in (rep.get("steps") or {}).items() if stage != "enrich"],
         ("max backlog", ", ".join(f"{k} {v}" for k, v in rep["lag"]["max_backlog"].items()) or "-"),
         ("accuracy", f"{_f(rep['accuracy'], '{:.3f}')} on all tickets (n={rep['accuracy_detail']['all']['n']}); "
                      f"{_f(rep['accuracy_detail']['unseen']['accuracy'], '{:.3f}')} on texts the model never "

@@ -15,6 +15,13 @@ END_TO_END = Histogram(
     "routing_ingest_to_routed_seconds", "Ticket latency from ingest to routed",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+# Where a batch's time goes. Every stage: read (XREADGROUP that returned entries), decode, process, commit (the
+# MULTI/EXEC with its Lua scripts). Inside enrich's process: embed, lgbm, linear, lexical, calibrate, top
+# (per-ticket Prediction objects), ood, breaker (its Redis round trip), urgency, trail (building the outcomes).
+STEP_SECONDS = Histogram(
+    "routing_stage_step_seconds", "Time one batch spent in one step of a stage", ["stage", "step"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 RECLAIMED = Counter("routing_stage_reclaimed_total", "Entries reclaimed from idle consumers", ["stage"])
 HTTP_TICKETS = Counter("routing_http_tickets_total", "Tickets over HTTP, by result", ["result"])
 ALERTS = Counter("routing_alerts_total", "Outbound alerts, by result", ["result"])
@@ -23,3 +30,9 @@ CONSUMERS_DELETED = Counter("routing_consumers_deleted_total",
                             "Dead consumers (idle, nothing pending) deleted by housekeeping")
 INDEX_PRUNED = Counter("routing_index_entries_pruned_total",
                        "Status/all index members of expired ticket records removed")
+
+
+def observe_steps(stage: str, seconds: dict[str, float]) -> None:
+    """One batch's per-step times (seconds) into routing_stage_step_seconds."""
+    for step, value in seconds.items():
+        STEP_SECONDS.labels(stage, step).observe(value)

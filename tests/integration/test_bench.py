@@ -87,4 +87,31 @@ async def test_tiny_flood_end_to_end(settings, embedder, tmp_path):
     assert rep["baseline"]["n"] == 40 and rep["baseline"]["grouping"]["truth_pairs"] == g["truth_pairs"]
     for key in ("alerts_sent", "alerts_suppressed", "escalation_rate", "timeline"):
         assert key in rep
+    # per-step timings read back from the stages' Prometheus histograms
+    enrich = rep["steps"]["enrich"]
+    assert {"read", "decode", "process", "commit", "embed", "lgbm", "ood", "urgency"} <= set(enrich["steps"])
+    assert enrich["steps"]["embed"]["mean_ms"] > 0 and 0 < enrich["steps"]["embed"]["share_of_batch"] <= 1
+    assert {"process", "commit"} <= set(rep["steps"]["dedup"]["steps"])
     fr.table(rep)  # renders
+
+
+def test_step_summary_reads_histograms_across_workers():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    texts = []
+    for batches in ([0.02, 0.04], [0.03]):
+        reg = CollectorRegistry()
+        h = Histogram("routing_stage_step_seconds", "", ["stage", "step"], registry=reg,
+                      buckets=(0.01, 0.025, 0.05, 0.1))
+        b = Histogram("routing_stage_batch_seconds", "", ["stage"], registry=reg, buckets=(0.1, 1))
+        size = Histogram("routing_stage_batch_size", "", ["stage"], registry=reg, buckets=(64,))
+        for x in batches:
+            h.labels("enrich", "embed").observe(x)
+            b.labels("enrich").observe(2 * x)
+            size.labels("enrich").observe(10)
+        texts.append(generate_latest(reg).decode())
+    out = fr.step_summary(texts)["enrich"]
+    embed = out["steps"]["embed"]
+    assert out["batches"] == 3 and embed["batches"] == 3
+    assert embed["mean_ms"] == 30.0 and embed["share_of_batch"] == 0.5 and embed["ms_per_ticket"] == 3.0
+    assert 25 <= embed["p50_ms"] <= 50  # the bucket holding the median: (25 ms, 50 ms]

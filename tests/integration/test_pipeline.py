@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import orjson
 from aiohttp import web
 
@@ -32,6 +34,24 @@ async def test_http_ticket_comes_out_routed_with_trail(pipeline):
     t = rec["timings"]
     assert t["received_at"] <= t["enriched_at"] <= t["grouped_at"] <= t["routed_at"]
     assert t["ms"]["total"] >= 0
+    # where the enrich batch's time went, on the trail and in /metrics
+    steps = rec["enrich"]["steps_ms"]
+    assert {"embed", "lgbm", "calibrate", "top", "ood", "breaker", "urgency"} <= set(steps)
+    assert steps["embed"] > 0 and rec["enrich"]["embed_ms"] == steps["embed"]
+    wanted = [f'routing_stage_step_seconds_count{{stage="{stage}",step="{step}"}}'
+              for stage, step in (("enrich", "embed"), ("enrich", "lgbm"), ("enrich", "commit"), ("enrich", "read"),
+                                  ("dedup", "process"), ("route", "commit"))]
+
+    async def missing():  # a stage observes its commit just after it: the record can be read a moment before
+        lines = (await (await pipeline.client.get("/metrics")).text()).splitlines()
+        return [w for w in wanted if not any(x.startswith(w) and float(x.split()[-1]) >= 1 for x in lines)]
+
+    async def all_there():
+        return not await missing() or None
+
+    with contextlib.suppress(AssertionError):
+        await wait_for(all_there, timeout=5)
+    assert not await missing()
 
 
 async def test_stream_door_ticket_is_routed_and_client_id_is_idempotent(pipeline, r):

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..config import Settings
 from ..errors import InvalidTicket
-from ..metrics import BATCH_SECONDS, BATCH_SIZE, ENTRIES, RECLAIMED
+from ..metrics import BATCH_SECONDS, BATCH_SIZE, ENTRIES, RECLAIMED, STEP_SECONDS, observe_steps
 from . import redis_errors
 from .keys import EVENTS_MAXLEN, Keys
 from .scripts import Scripts, Write
@@ -227,6 +227,7 @@ class StageRunner:
     async def _step(self) -> None:
         if time.monotonic() - self._last_claim > self.s.claim_every_ms / 1000:
             await self._reclaim()
+        t = time.perf_counter()
         resp = await self.r.xreadgroup(
             self.group, self.consumer, {stream: ">" for stream in self.stage.inputs},
             count=self.s.batch_size, block=self.s.block_ms,
@@ -234,6 +235,8 @@ class StageRunner:
         self._recovered()
         entries = self._entries(resp)
         if entries:
+            # an empty read only waited out BLOCK: not time spent on work
+            STEP_SECONDS.labels(self.stage.name, "read").observe(time.perf_counter() - t)
             await self.handle(entries)
 
     # ---- waiting out Redis
@@ -364,7 +367,11 @@ class StageRunner:
             await self._bury(dead)
         if not ok:
             return
-        await self.commit(await self._patiently(lambda: self._process(ok)))
+        t1 = time.perf_counter()
+        outcomes = await self._patiently(lambda: self._process(ok))
+        t2 = time.perf_counter()
+        await self.commit(outcomes)
+        observe_steps(self.stage.name, {"decode": t1 - t0, "process": t2 - t1, "commit": time.perf_counter() - t2})
         BATCH_SIZE.labels(self.stage.name).observe(len(entries))
         BATCH_SECONDS.labels(self.stage.name).observe(time.perf_counter() - t0)
 

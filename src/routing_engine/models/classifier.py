@@ -7,6 +7,7 @@ How it is trained is in training.py; the pooling weights and the temperature com
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,32 +72,42 @@ class Classifier:
     def needs_texts(self) -> bool:
         return float(self.meta.get("lexical_weight") or 0.0) > 0
 
-    def logits(self, emb: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
+    def logits(self, emb: np.ndarray, texts: Sequence[str] | None = None,
+               timings: dict[str, float] | None = None) -> np.ndarray:
         """Uncalibrated log-scores: LightGBM's, pooled with the logistic regression's when there is one, and
-        with the lexical model's on `texts` (required when the model was trained with one)."""
+        with the lexical model's on `texts` (required when the model was trained with one). `timings`, when
+        given, gets the seconds each part took (lgbm, linear, lexical)."""
+        clock = _Clock(timings)
         raw = self.booster.predict(emb, num_iteration=self.meta.get("best_iteration") or None, raw_score=True)
         raw = np.asarray(raw, dtype=np.float64).reshape(len(emb), len(self.labels))
+        clock.lap("lgbm")
         w = float(self.meta.get("linear_weight") or 0.0)
         if w > 0:
             if self.linear is None:
                 raise RuntimeError(f"model {self.version} pools a logistic regression but its arrays.npz is missing")
             raw = pool(raw, emb @ self.linear[0] + self.linear[1], w)
+            clock.lap("linear")
         if self.needs_texts:
             if self.lexical is None:
                 raise RuntimeError(f"model {self.version} pools a lexical model but its {LEXICAL_FILE} is missing")
             if texts is None or len(texts) != len(emb):
                 raise ValueError(f"model {self.version} needs the ticket texts as well as their embeddings")
             raw = pool(raw, self.lexical.logits(texts), float(self.meta["lexical_weight"]))
+            clock.lap("lexical")
         return raw
 
     def predict_proba(self, emb: np.ndarray, texts: Sequence[str] | None = None, *,
-                      calibrated: bool = True) -> np.ndarray:
+                      calibrated: bool = True, timings: dict[str, float] | None = None) -> np.ndarray:
         emb = np.asarray(emb, dtype=np.float32)
         if emb.ndim == 1:
             emb = emb[None, :]
         if len(emb) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float64)
-        return softmax(self.logits(emb, texts) / (self.temperature if calibrated else 1.0))
+        z = self.logits(emb, texts, timings)
+        clock = _Clock(timings)
+        out = softmax(z / (self.temperature if calibrated else 1.0))
+        clock.lap("calibrate")
+        return out
 
     def ood_similarity(self, emb: np.ndarray) -> np.ndarray:
         """Per row: mean cosine to its k nearest training embeddings; higher = more like the training data."""
@@ -107,8 +118,14 @@ class Classifier:
             return np.ones(len(emb), dtype=np.float64)
         return knn_similarity(emb, self.ood_bank, int(self.meta.get("ood_k", OOD_K)))
 
-    def predict(self, emb: np.ndarray, texts: Sequence[str] | None = None) -> list[Prediction]:
-        return predictions(self.predict_proba(emb, texts), self.labels, self.teams.team_of)
+    def predict(self, emb: np.ndarray, texts: Sequence[str] | None = None,
+                timings: dict[str, float] | None = None) -> list[Prediction]:
+        """`timings`, when given, gets the seconds per part: lgbm, linear, lexical, calibrate, top."""
+        proba = self.predict_proba(emb, texts, timings=timings)
+        clock = _Clock(timings)
+        out = predictions(proba, self.labels, self.teams.team_of)
+        clock.lap("top")
+        return out
 
     def save(self, models_dir: str | Path) -> Path:
         final = Path(models_dir) / self.version
@@ -163,6 +180,20 @@ class Classifier:
             ood_bank=bank,
             lexical=LexicalModel.load(path),
         )
+
+
+class _Clock:
+    """Adds the seconds since the last lap to timings[name]; does nothing when timings is None."""
+
+    def __init__(self, timings: dict[str, float] | None):
+        self.timings = timings
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.t
+            self.t = now
 
 
 def knn_similarity(emb: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:

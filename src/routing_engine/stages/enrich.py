@@ -18,7 +18,7 @@ from ..domain.ticket import Ticket, from_stream_entry
 from ..infra.breaker import Breaker
 from ..infra.runtime import Entry, Outcome, Stage, StageContext
 from ..infra.scripts import now_ms
-from ..metrics import MODEL_INFO
+from ..metrics import MODEL_INFO, observe_steps
 from ..models import cascade
 from ..models.classifier import Classifier, latest_model
 from ..models.embedder import shared_embedder
@@ -80,12 +80,17 @@ class EnrichStage(Stage):
         return from_stream_entry(entry.id, entry.fields, self.settings.max_text_chars, id_prefix=prefix)
 
     def _infer(self, clf: Classifier, texts: list[str]):
+        """Embed and classify one batch (in a worker thread); steps gets the seconds of each part."""
+        steps: dict[str, float] = {}
         t0 = time.perf_counter()
         emb = self.embedder.encode(texts)
         t1 = time.perf_counter()
-        preds = clf.predict(emb, texts)
+        steps["embed"] = t1 - t0
+        preds = clf.predict(emb, texts, timings=steps)
+        t2 = time.perf_counter()
         sims = clf.ood_similarity(emb)
-        return emb, preds, sims, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
+        steps["ood"] = time.perf_counter() - t2
+        return emb, preds, sims, steps
 
     async def process(self, entries: list[Entry]) -> list[Outcome]:
         await self._maybe_reload()
@@ -93,20 +98,30 @@ class EnrichStage(Stage):
         clf = self.classifier  # one model for the whole batch, even if a reload lands meanwhile
         policy = clf.policy
         tickets: list[Ticket] = [e.value for e in entries]
-        emb, preds, sims, embed_ms, clf_ms = await asyncio.to_thread(self._infer, clf, [t.text for t in tickets])
+        emb, preds, sims, steps = await asyncio.to_thread(self._infer, clf, [t.text for t in tickets])
+        embed_ms = steps["embed"] * 1000
+        clf_ms = sum(v for k, v in steps.items() if k != "embed") * 1000
         want = [self._has_fallback and cascade.should_escalate(p, float(s), policy) for p, s in zip(preds, sims)]
         # every batch reports its escalation share, so the breaker can size what the ingest backlog will bring
+        t = time.perf_counter()
         allowed, breaker_state = await self.breaker.allow(sum(want), len(entries)) if self._has_fallback \
             else (False, None)
+        steps["breaker"] = time.perf_counter() - t
         allowed = allowed and any(want)
+        t = time.perf_counter()
+        scores = [urgency.score(ticket.subject, ticket.body, pred.team, pred.confidence)
+                  for ticket, pred in zip(tickets, preds)]
+        steps["urgency"] = time.perf_counter() - t
+        t = time.perf_counter()
+        steps_ms = {k: round(v * 1000, 2) for k, v in steps.items()}
         outcomes = []
-        for entry, ticket, vec, pred, sim, esc in zip(entries, tickets, emb, preds, sims, want):
+        for entry, ticket, vec, pred, sim, esc, (s, features) in zip(entries, tickets, emb, preds, sims, want,
+                                                                       scores):
             fast = pred.to_dict(clf.version)
-            s, features = urgency.score(ticket.subject, ticket.body, pred.team, pred.confidence)
             extra = {"urgency": round(float(s), 4), "urgency_features": features,
                      "urgent": bool(s > self.settings.urgent_threshold), "embedder": self.embedder.name,
                      "batch": len(entries), "embed_ms": round(embed_ms, 2), "classify_ms": round(clf_ms, 2),
-                     "breaker": breaker_state}
+                     "steps_ms": steps_ms, "breaker": breaker_state}
             escalate = bool(esc and allowed)
             if escalate:
                 enrich = {"fast": fast, "ood_similarity": round(float(sim), 4), "escalated_at": now_ms(), **extra,
@@ -118,6 +133,8 @@ class EnrichStage(Stage):
                 enrich = cascade.trail(d, fast, None, sim, policy, extra)
             msg = Enriched(ticket, received_at_of(entry.id), enrich, vec)
             outcomes.append(Outcome(entry, writes=[self._commit(entry, msg, started, escalate)]))
+        steps["trail"] = time.perf_counter() - t
+        observe_steps(self.name, steps)
         return outcomes
 
     def _commit(self, entry: Entry, msg: Enriched, started: int, escalate: bool):

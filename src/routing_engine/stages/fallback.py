@@ -24,7 +24,7 @@ from .enrich import classified_event
 log = structlog.get_logger("fallback")
 
 # Trail fields the fast path wrote that stay on the ticket after the fallback decided.
-KEPT = ("urgency", "urgency_features", "urgent", "embedder", "batch", "embed_ms", "classify_ms")
+KEPT = ("urgency", "urgency_features", "urgent", "embedder", "batch", "embed_ms", "classify_ms", "steps_ms")
 
 
 class FallbackStage(Stage):
