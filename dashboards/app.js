@@ -74,6 +74,16 @@ const handlers = {
     inc.hits.push(e.ts);
     touch("incidents");
   },
+  "incident.merged": (e) => {
+    // one storm, one incident: the merged one's hits go to the survivor, which takes the merged size
+    const gone = state.incidents.get(e.merged);
+    state.incidents.delete(e.merged);
+    const inc = incident(e.group);
+    Object.assign(inc, { size: Math.max(inc.size, +e.size), status: "open" });
+    if (gone) inc.hits = inc.hits.concat(gone.hits).sort((a, b) => a - b);
+    for (const t of state.tickets.values()) if (t.group === e.merged) Object.assign(t, { group: e.group, incident: true });
+    touch("incidents", "tickets");
+  },
   "incident.resolved": (e) => {
     state.incidents.delete(e.group);
     touch("incidents");

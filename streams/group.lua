@@ -1,47 +1,168 @@
--- Dedup: put one ticket into its near-duplicate group; open a master incident when the group reaches K.
--- Alerts go to the alerts stream here, inside the commit, so none is lost or sent twice by a crash.
--- KEYS: 1 record, 2 group hash, 3 group members list, 4 incidents zset, 5 alerts stream, 6 events stream
--- ARGV: 1 ticket_id, 2 group id, 3 now_ms, 4 K, 5 urgent (1/0), 6 alert JSON (ticket summary),
---       7 ttl_s, 8 team, 9 sample text, 10 unused (the alerts stream is never trimmed: an alert not yet sent must
---       not be lost), 11 events maxlen
--- Returns {group size, incident (0/1), alert: none|sent|suppressed|incident}
-local rec = KEYS[1]
-if redis.call('HEXISTS', rec, 'done:dedup') == 1 then
-  local v = redis.call('HMGET', rec, 'group_size', 'incident', 'alert')
-  return {tonumber(v[1]) or 0, tonumber(v[2]) or 0, v[3] or 'none'}
+-- Dedup: commit one batch of grouping decisions, atomically and in order, for every dedup worker at once.
+-- The worker decided the batch against the shared decision log up to sequence number ARGV[1]. If another worker
+-- appended since (the sequence moved), nothing is written and the reply is {'stale', seq}: the worker reads
+-- the log again, rolls its decisions back and decides again. So decisions are linearised: each one was made
+-- knowing every decision before it, whichever worker made it (two workers racing on a new storm make one group).
+-- Per ticket: it joins its group (the group may open a master incident at K and raise an alert, here, inside
+-- the commit, so none is lost or sent twice by a crash), then the merges it caused are applied: the merged
+-- group's members move to the survivor (lists and records re-pointed), its size adds up, an open incident of
+-- the merged group is folded into the survivor's (or the survivor takes it over) with `incident.merged` on the
+-- feed and no alert: nobody is paged twice. A merge that brings a group to K opens its one incident.
+-- KEYS: 1 sequence, 2 decision log stream, 3 incidents zset, 4 alerts stream, 5 events stream,
+--       6 .. 5+T: the tickets' records, then per group G (in the order of ARGV's group list): hash, members list,
+--       then one record key per member id listed in ARGV (members of merged groups from before this batch)
+-- ARGV: 1 expected sequence, 2 now_ms, 3 K, 4 ttl_s, 5 events maxlen, 6 log MINID (ms), 7 T, 8 G, 9 M,
+--       then G pairs (group id, members expected before the batch or -1 when not checked), then M member ids,
+--       then T pairs (decision JSON {t, g, m: [[merged, survivor]...], u, team, sample, a: alert JSON}, embedding bytes)
+-- Returns {'ok', new sequence, last log entry id, per ticket {final group, size, incident 0/1, alert}}
+--      or {'stale', sequence now}
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+if seq ~= tonumber(ARGV[1]) then
+  return {'stale', seq}
 end
-local g = KEYS[2]
-local n = redis.call('HINCRBY', g, 'size', 1)
-if n == 1 then
-  redis.call('HSET', g, 'gid', ARGV[2], 'created_at', ARGV[3], 'team', ARGV[8], 'sample', ARGV[9], 'status', 'open')
+local now, K, ttl, evmax = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local T, G, M = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local ghash, gmem = {}, {}
+local a = 10
+for i = 1, G do
+  local gid, expect = ARGV[a], tonumber(ARGV[a + 1])
+  ghash[gid] = KEYS[5 + T + 2 * i - 1]
+  gmem[gid] = KEYS[5 + T + 2 * i]
+  if expect >= 0 and redis.call('LLEN', gmem[gid]) ~= expect then
+    return {'stale', seq}
+  end
+  a = a + 2
 end
-redis.call('HSET', g, 'last_at', ARGV[3])
-redis.call('RPUSH', KEYS[3], ARGV[1])
-redis.call('EXPIRE', g, ARGV[7])
-redis.call('EXPIRE', KEYS[3], ARGV[7])
-local urgent = ARGV[5] == '1'
-local incident = redis.call('HGET', g, 'incident') == '1'
-local alert = 'none'
-local evt = 'ticket.grouped'
-if incident then
-  if urgent then alert = 'suppressed' end
-  evt = 'incident.grew'
-elseif n >= tonumber(ARGV[4]) then
-  redis.call('HSET', g, 'incident', '1', 'opened_at', ARGV[3])
-  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
-  redis.call('XADD', KEYS[5], '*', 'type', 'incident.opened', 'group', ARGV[2],
-    'size', n, 'data', ARGV[6])
-  incident = true
-  alert = 'incident'
-  evt = 'incident.opened'
-elseif urgent and n == 1 then
-  redis.call('XADD', KEYS[5], '*', 'type', 'ticket.urgent', 'group', ARGV[2],
-    'size', n, 'data', ARGV[6])
-  alert = 'sent'
-elseif urgent then
-  alert = 'suppressed'
+local rec_of = {}
+for i = 1, M do
+  rec_of[ARGV[a]] = KEYS[5 + T + 2 * G + i]
+  a = a + 1
 end
-local inc = incident and 1 or 0
-redis.call('HSET', rec, 'group', ARGV[2], 'group_size', n, 'incident', inc, 'alert', alert)
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[11], '*', 'type', evt, 'ticket_id', ARGV[1], 'group', ARGV[2], 'size', n)
-return {n, inc, alert}
+local specs = {}
+for i = 1, T do
+  local spec = cjson.decode(ARGV[a])
+  specs[i] = {spec, ARGV[a], ARGV[a + 1]}
+  rec_of[spec['t']] = KEYS[5 + i]
+  a = a + 2
+end
+
+local function event(...)
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', evmax, '*', ...)
+end
+
+local function open_incident(gid, n, alert_json)
+  redis.call('HSET', ghash[gid], 'incident', '1', 'opened_at', now)
+  redis.call('ZADD', KEYS[3], now, gid)
+  redis.call('XADD', KEYS[4], '*', 'type', 'incident.opened', 'group', gid, 'size', n, 'data', alert_json)
+end
+
+local function is_incident(gid)
+  return redis.call('HGET', ghash[gid], 'incident') == '1'
+end
+
+-- the ticket joins group gid: returns size, incident (bool), alert
+local function join(gid, spec, alert_json)
+  local n = redis.call('HINCRBY', ghash[gid], 'size', 1)
+  if n == 1 then
+    redis.call('HSET', ghash[gid], 'gid', gid, 'created_at', now, 'team', spec['team'], 'sample', spec['sample'],
+      'status', 'open')
+  end
+  redis.call('HSET', ghash[gid], 'last_at', now)
+  redis.call('RPUSH', gmem[gid], spec['t'])
+  redis.call('EXPIRE', ghash[gid], ttl)
+  redis.call('EXPIRE', gmem[gid], ttl)
+  local urgent = spec['u'] == 1
+  local alert, evt = 'none', 'ticket.grouped'
+  local incident = is_incident(gid)
+  if incident then
+    if urgent then alert = 'suppressed' end
+    evt = 'incident.grew'
+  elseif n >= K then
+    open_incident(gid, n, alert_json)
+    incident, alert, evt = true, 'incident', 'incident.opened'
+  elseif urgent and n == 1 then
+    redis.call('XADD', KEYS[4], '*', 'type', 'ticket.urgent', 'group', gid, 'size', n, 'data', alert_json)
+    alert = 'sent'
+  elseif urgent then
+    alert = 'suppressed'
+  end
+  event('type', evt, 'ticket_id', spec['t'], 'group', gid, 'size', n)
+  return n, incident, alert
+end
+
+-- group m merges into group s; returns true when that opened s's incident (this ticket's alert)
+local function merge(m, s, alert_json)
+  if redis.call('HGET', ghash[m], 'merged_into') then return false end
+  local members = redis.call('LRANGE', gmem[m], 0, -1)
+  local m_inc = is_incident(m) and redis.call('HGET', ghash[m], 'status') ~= 'resolved'
+  local s_inc = is_incident(s)
+  for i = 1, #members, 500 do
+    redis.call('RPUSH', gmem[s], unpack(members, i, math.min(i + 499, #members)))
+  end
+  redis.call('DEL', gmem[m])
+  local n = redis.call('HINCRBY', ghash[s], 'size', tonumber(redis.call('HGET', ghash[m], 'size') or '0'))
+  redis.call('HSET', ghash[m], 'merged_into', s, 'status', 'merged', 'merged_at', now)
+  redis.call('HSET', ghash[s], 'last_at', now)
+  local opened = false
+  if m_inc then
+    redis.call('ZREM', KEYS[3], m)
+    if not s_inc then
+      -- the survivor takes the incident over: same opening time, same assignee, no new alert
+      local v = redis.call('HMGET', ghash[m], 'opened_at', 'assignee')
+      redis.call('HSET', ghash[s], 'incident', '1', 'opened_at', v[1] or now)
+      if v[2] then redis.call('HSET', ghash[s], 'assignee', v[2]) end
+      redis.call('ZADD', KEYS[3], v[1] or now, s)
+      s_inc = true
+    end
+  elseif not s_inc and n >= K then
+    open_incident(s, n, alert_json)
+    s_inc, opened = true, true
+  end
+  local inc = s_inc and '1' or '0'
+  for _, id in ipairs(members) do
+    if rec_of[id] and redis.call('EXISTS', rec_of[id]) == 1 then
+      redis.call('HSET', rec_of[id], 'group', s, 'incident', inc)
+    end
+  end
+  if s_inc and not opened then
+    event('type', 'incident.merged', 'group', s, 'merged', m, 'size', n, 'was_incident', m_inc and '1' or '0')
+  end
+  return opened
+end
+
+local function final(gid)
+  local hops = 0
+  while hops < 50 do
+    local into = ghash[gid] and redis.call('HGET', ghash[gid], 'merged_into')
+    if not into or not ghash[into] then return gid end
+    gid, hops = into, hops + 1
+  end
+  return gid
+end
+
+local out = {}
+local last_id = ''
+for i = 1, T do
+  local spec, raw, emb = specs[i][1], specs[i][2], specs[i][3]
+  local rec = KEYS[5 + i]
+  seq = seq + 1
+  last_id = redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[6], '*', 'seq', seq, 'ticket_id', spec['t'],
+    'data', raw, 'emb', emb)
+  local alert_json = spec['a']
+  if redis.call('HEXISTS', rec, 'grouped_seq') == 1 then
+    local v = redis.call('HMGET', rec, 'group', 'group_size', 'incident', 'alert')
+    out[i] = {v[1] or '', tonumber(v[2]) or 0, tonumber(v[3]) or 0, v[4] or 'none'}
+  else
+    local _, _, alert = join(spec['g'], spec, alert_json)
+    for _, pair in ipairs(spec['m']) do
+      if merge(pair[1], pair[2], alert_json) then alert = 'incident' end
+    end
+    local gid = final(spec['g'])
+    local n = tonumber(redis.call('HGET', ghash[gid], 'size'))
+    local inc = is_incident(gid) and 1 or 0
+    redis.call('HSET', rec, 'group', gid, 'group_size', n, 'incident', inc, 'alert', alert, 'grouped_seq', seq)
+    out[i] = {gid, n, inc, alert}
+  end
+end
+redis.call('SET', KEYS[1], seq)
+return {'ok', seq, last_id, out}

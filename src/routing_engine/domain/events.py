@@ -20,6 +20,7 @@ STREAM_EVENTS: dict[str, str] = {
     "ticket.dead": "dead-lettered, with the reason",
     "incident.opened": "a group reached K tickets: one master incident",
     "incident.grew": "a ticket joined an open incident",
+    "incident.merged": "a group or incident merged into an incident of the same storm (one id survives; no page)",
     "incident.resolved": "an operator resolved the incident",
     "agent.load": "an agent's load changed",
     "agent.updated": "an agent was created or changed",

@@ -70,13 +70,19 @@ class Grouping:
     """The dedup decision for one ticket: deduped.schema.json#/properties/data/properties/dedup."""
 
     neighbor: str | None  # nearest ticket in the window
-    score: float  # its cosine (-1 when the window was empty)
-    group: str  # group id = id of the group's first ticket
+    score: float  # the cosine that decided: to the group's centroid or to the neighbour (-1: the window was empty)
+    group: str  # group id = id of the group's first ticket (the surviving group when this ticket caused a merge)
     joined: bool
-    rule: str  # tau | tau_category | none (it starts a group)
+    rule: str  # centroid | centroid_category | tau | tau_category | none (it starts a group)
     tau: float
     tau_category: float
     window_s: int
+    neighbor_score: float = -1.0  # the nearest ticket's cosine
+    joined_group: str = ""  # the group it joined, before any merge it caused
+    merged: list = field(default_factory=list)  # groups this ticket's arrival merged into `group`
+    tau_centroid: float | None = None
+    tau_centroid_category: float | None = None
+    tau_merge: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

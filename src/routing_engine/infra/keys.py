@@ -112,6 +112,18 @@ class Keys:
         return f"{self.base}:g:{gid}:m"
 
     @property
+    def dedup_seq(self) -> str:
+        """How many grouping decisions were committed: streams/group.lua commits a batch only at the sequence its
+        worker decided from."""
+        return f"{self.base}:dedup:seq"
+
+    @property
+    def dedup_log(self) -> str:
+        """Stream of grouping decisions (ticket, group, merges, embedding), in commit order: every dedup worker
+        replays it to share one window and one set of groups."""
+        return f"{self.base}:dedup:log"
+
+    @property
     def incidents(self) -> str:
         return f"{self.base}:incidents"
 

@@ -75,6 +75,12 @@ async def resolve_ticket(r: aioredis.Redis, k: Keys, scripts: Scripts, ticket_id
 
 
 async def resolve_incident(r: aioredis.Redis, k: Keys, scripts: Scripts, gid: str) -> IncidentResolved:
+    # an incident merged into another one of the same storm: resolving it resolves the one it became
+    for _ in range(50):
+        into = await r.hget(k.group(gid), "merged_into")
+        if not into:
+            break
+        gid = _s(into)
     for _ in range(ATTEMPTS):
         members = [_s(m) for m in await r.lrange(k.members(gid), 0, -1)]
         async with r.pipeline(transaction=False) as pipe:

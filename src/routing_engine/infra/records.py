@@ -76,6 +76,8 @@ def _group(h: dict[bytes, bytes]) -> dict:
         "created_at": int(d["created_at"]) if "created_at" in d else None,
         "opened_at": int(d["opened_at"]) if "opened_at" in d else None,
         "last_at": int(d["last_at"]) if "last_at" in d else None,
+        # a group or incident folded into another one of the same storm: that one is the incident now
+        "merged_into": d.get("merged_into"),
     }
 
 

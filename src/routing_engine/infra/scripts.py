@@ -87,13 +87,23 @@ class Scripts:
                      args=[stage, status, now_ms(), UNTRIMMED, EVENTS_MAXLEN, s.ticket_ttl_s, ticket_id,
                            data, emb, owner, event, event_data, STATUS_LIST, *flat])
 
-    def group(self, *, ticket_id: str, gid: str, urgent: bool, alert: dict, team: str, sample: str) -> Write:
-        """group.lua: the ticket joins group `gid`; the group may open a master incident and raise an alert."""
+    def group(self, *, expected_seq: int, tickets: list[tuple[str, bytes, bytes]], groups: list[tuple[str, int]],
+              members: list[str], log_min_ms: int, client=None):
+        """group.lua: commit a batch of grouping decisions decided at sequence `expected_seq` (else 'stale').
+        `tickets`: (ticket id, decision JSON, embedding bytes); `groups`: (group id, members expected before the
+        batch or -1) for every group the batch touches; `members`: ids of the merged groups' earlier members."""
         k, s = self.k, self.s
-        return Write("group",
-                     keys=[k.ticket(ticket_id), k.group(gid), k.members(gid), k.incidents, k.alerts, k.events],
-                     args=[ticket_id, gid, now_ms(), s.incident_k, int(urgent), orjson.dumps(alert),
-                           s.ticket_ttl_s, team, sample, UNTRIMMED, EVENTS_MAXLEN])
+        keys = [k.dedup_seq, k.dedup_log, k.incidents, k.alerts, k.events, *(k.ticket(t) for t, _, _ in tickets)]
+        args: list = [expected_seq, now_ms(), s.incident_k, s.ticket_ttl_s, EVENTS_MAXLEN, log_min_ms, len(tickets),
+                      len(groups), len(members)]
+        for gid, expect in groups:
+            keys += [k.group(gid), k.members(gid)]
+            args += [gid, expect]
+        keys += [k.ticket(m) for m in members]
+        args += members
+        for _, spec, emb in tickets:
+            args += [spec, emb]
+        return self.call("group", keys, args, client)
 
     def route(self, *, ticket_id: str, team: str, gid: str, urgency: float, summary: dict,
               agent_ids: list[str]) -> Write:

@@ -20,7 +20,7 @@ Plain numpy, no Redis: the dedup stage persists what this decides, and the bench
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -50,6 +50,11 @@ class Group:
     first_ts: float = 0.0
     last_ts: float = 0.0
     merged_into: str | None = None
+    incident_ts: float | None = None  # when it reached K (mirrors the incident the Redis group opens)
+
+    def copy(self) -> Group:
+        return Group(self.gid, self.total.copy(), self.n, Counter(self.categories), self.first_ts, self.last_ts,
+                     self.merged_into, self.incident_ts)
 
     @property
     def centroid(self) -> np.ndarray:
@@ -70,16 +75,67 @@ class Decision:
     neighbor: str | None  # the nearest ticket, for the trail
     neighbor_score: float
     merged: list[str] = field(default_factory=list)  # groups merged into `group` by this ticket
+    joined_group: str = ""  # the group it joined before any merge (`group` is the survivor)
+    merges: list[tuple[str, str]] = field(default_factory=list)  # (merged, survivor), in the order applied
+
+    def trail(self) -> dict:
+        """What the ticket's trail shows: which group, which score, which rule, what merged."""
+        return {"group": self.group, "joined": self.joined, "rule": self.rule, "score": self.score,
+                "neighbor": self.neighbor, "neighbor_score": self.neighbor_score, "joined_group": self.joined_group,
+                "merged": list(self.merged)}
+
+
+def survivor_key(g: Group) -> tuple:
+    """Which of several merging groups survives: an open incident first (the earliest), else the oldest group."""
+    return (g.incident_ts is None, g.incident_ts if g.incident_ts is not None else g.first_ts, g.first_ts, g.gid)
 
 
 class Grouper:
     """Groups in the window, their centroids, and the rule. `assign` decides and records one ticket."""
 
-    def __init__(self, rule: GroupingRule | None = None):
+    def __init__(self, rule: GroupingRule | None = None, incident_k: int = 10):
         self.rule = rule or GroupingRule()
+        self.incident_k = incident_k
         self.groups: dict[str, Group] = {}
         self.group_of: dict[str, str] = {}  # ticket id -> group id (as decided; follow `resolve` for merges)
         self.category_of: dict[str, str] = {}
+        self.decisions: dict[str, Decision] = {}  # ticket id -> its decision, while in the window
+        self._journal: dict[str, Group | None] | None = None  # groups as they were before the open batch
+        self._added: list[str] = []
+
+    # ---- speculative batches: decide, then keep or roll back (another worker decided first)
+
+    def begin(self) -> None:
+        """Start a batch whose decisions may be rolled back: groups are copied before their first change."""
+        self._journal, self._added = {}, []
+
+    def keep(self) -> None:
+        self._journal, self._added = None, []
+
+    @property
+    def added(self) -> list[str]:
+        """Tickets recorded since `begin` (decided in this batch, not redelivered)."""
+        return list(self._added)
+
+    def rollback(self) -> None:
+        """Undo every change since `begin`."""
+        if self._journal is None:
+            return
+        for gid, old in self._journal.items():
+            if old is None:
+                self.groups.pop(gid, None)
+            else:
+                self.groups[gid] = old
+        for t in self._added:
+            self.group_of.pop(t, None)
+            self.category_of.pop(t, None)
+            self.decisions.pop(t, None)
+        self._journal, self._added = None, []
+
+    def _touch(self, gid: str) -> None:
+        if self._journal is not None and gid not in self._journal:
+            g = self.groups.get(gid)
+            self._journal[gid] = g.copy() if g is not None else None
 
     def resolve(self, gid: str) -> str:
         """The surviving group of `gid` after merges."""
@@ -100,9 +156,12 @@ class Grouper:
         """Decide the group of ticket `tid` (unit vector `vec`, predicted `category` and top labels) given its
         nearest tickets in the window, and record it."""
         r = self.rule
-        if tid in self.group_of:  # a redelivered ticket keeps its group
+        if tid in self.group_of:  # a redelivered ticket keeps its group (and the decision that put it there)
             gid = self.group_of_ticket(tid)
-            return Decision(gid, gid != tid, "redelivered", 1.0, None, -1.0)
+            old = self.decisions.get(tid)
+            if old is not None:
+                return replace(old, group=gid, joined=gid != tid, rule=old.rule)
+            return Decision(gid, gid != tid, "redelivered", 1.0, None, -1.0, joined_group=gid)
         nearest = neighbours[0] if neighbours else (None, -1.0)
         evidence = {lab for lab, p in top[: r.top_labels] if p >= r.min_label_p} | {category}
         candidates: dict[str, Group] = {g.gid: g for g in self._multi()}
@@ -136,14 +195,28 @@ class Grouper:
                 if s >= r.tau_category and self.category_of.get(nbr) == category:
                     decision = Decision(gid, True, "tau_category", round(s, 4), nbr, round(s, 4))
                     break
+        decision.joined_group = decision.group
         self._record(tid, vec, category, ts, decision.group)
-        survivor, merged = self._merge(decision.group)
+        survivor, merged = self._merge(decision.group, ts)
         if survivor != decision.group:
             decision.group, decision.joined = survivor, True
         decision.merged = merged
+        decision.merges = [(m, survivor) for m in merged]
+        self.decisions[tid] = decision
         return decision
 
+    def apply(self, tid: str, vec: np.ndarray, category: str, ts: float, decision: Decision) -> None:
+        """Replay a decision another worker made (read from the shared log): the same state as deciding it here."""
+        if tid in self.group_of:
+            return
+        self._record(tid, vec, category, ts, decision.joined_group or decision.group)
+        for merged, survivor in decision.merges:
+            if merged in self.groups and survivor in self.groups:
+                self._absorb(self.groups[survivor], self.groups[merged], ts)
+        self.decisions[tid] = decision
+
     def _record(self, tid: str, vec: np.ndarray, category: str, ts: float, gid: str) -> None:
+        self._touch(gid)
         g = self.groups.get(gid)
         if g is None:
             g = self.groups[gid] = Group(gid, np.zeros_like(vec, dtype=np.float64), first_ts=ts)
@@ -151,13 +224,31 @@ class Grouper:
         g.n += 1
         g.categories[category] += 1
         g.last_ts = max(g.last_ts, ts)
+        if g.incident_ts is None and g.n >= self.incident_k:
+            g.incident_ts = ts
         self.group_of[tid] = gid
         self.category_of[tid] = category
+        if self._journal is not None:
+            self._added.append(tid)
 
-    def _merge(self, gid: str) -> tuple[str, list[str]]:
+    def _absorb(self, survivor: Group, other: Group, ts: float) -> None:
+        """`other` merges into `survivor` (streams/group.lua does the same to the Redis groups)."""
+        self._touch(survivor.gid)
+        self._touch(other.gid)
+        survivor.total = survivor.total + other.total
+        survivor.n += other.n
+        survivor.categories.update(other.categories)
+        survivor.last_ts = max(survivor.last_ts, other.last_ts)
+        if survivor.incident_ts is None:
+            survivor.incident_ts = other.incident_ts
+        if survivor.incident_ts is None and survivor.n >= self.incident_k:
+            survivor.incident_ts = ts
+        other.merged_into = survivor.gid
+
+    def _merge(self, gid: str, ts: float) -> tuple[str, list[str]]:
         """Merge `gid` with every other group of the same main category whose centroid is this close. The group
-        that started first survives (its incident, if any, is the one people already see); the others point to
-        it. Returns (survivor, merged ids)."""
+        whose incident opened first survives (the incident people already see), else the one that started first;
+        the others point to it. Returns (survivor, merged ids)."""
         r = self.rule
         g = self.groups[gid]
         if g.n < r.min_merge_size:
@@ -167,22 +258,18 @@ class Grouper:
                  and float(o.centroid @ c) >= r.tau_merge]
         if not close:
             return gid, []
-        survivor = min([g, *close], key=lambda x: (x.first_ts, x.gid))
-        for other in [g, *close]:
-            if other is survivor:
-                continue
-            survivor.total = survivor.total + other.total
-            survivor.n += other.n
-            survivor.categories.update(other.categories)
-            survivor.last_ts = max(survivor.last_ts, other.last_ts)
-            other.merged_into = survivor.gid
-        return survivor.gid, [o.gid for o in [g, *close] if o is not survivor]
+        survivor = min([g, *close], key=survivor_key)
+        merged = [o for o in [g, *close] if o is not survivor]
+        for other in merged:
+            self._absorb(survivor, other, ts)
+        return survivor.gid, [o.gid for o in merged]
 
-    def forget(self, tids: set[str]) -> None:
+    def forget(self, tids) -> None:
         """Drop tickets that left the window; a group with no member left in the window goes too."""
         for t in tids:
             self.group_of.pop(t, None)
             self.category_of.pop(t, None)
+            self.decisions.pop(t, None)
         live = {self.resolve(g) for g in self.group_of.values()} | set(self.group_of.values())
         for gid in [g for g in self.groups if g not in live]:
             del self.groups[gid]

@@ -34,11 +34,15 @@ class WindowIndex:
     def __contains__(self, ticket_id: str) -> bool:
         return ticket_id in self._known
 
-    def expire(self, now: float) -> None:
+    def expire(self, now: float) -> list[str]:
+        """Drop what left the window; returns the ids dropped."""
+        gone: list[str] = []
         # a bucket goes when its newest possible member is older than the window
         while self._buckets and self._buckets[0].start + self.bucket_s < now - self.window_s:
             old = self._buckets.popleft()
             self._known.difference_update(old.ids)
+            gone += old.ids
+        return gone
 
     def add(self, ticket_id: str, vec: np.ndarray, ts: float) -> None:
         if ticket_id in self._known:

@@ -1,17 +1,26 @@
-"""Dedup stage: join each ticket to a recent near-duplicate's group via a FAISS window of embeddings.
+"""Dedup stage: each ticket joins the storm group it is most like as a whole (models/grouping.py), and groups of one
+storm merge into one incident.
 
-A neighbour counts when its cosine is ≥ τ, or ≥ τ_category when the classifier gave both tickets the same
-category: reworded reports of one outage are often only moderately similar as sentences, but they land
-in the same category within minutes of each other (measured in bench/flood.py, see the README; letting
-top-2 categories overlap instead merged too much: pair precision fell to 0.86).
+Where a ticket goes is decided by the Grouper: cosine to a group's centroid (with the predicted category as
+evidence), the single-neighbour rule as fallback, merges of converging groups. A FAISS window of the last W
+seconds of embeddings gives each ticket its nearest neighbours (whose groups are candidates, with every group
+of several members).
 
-Each dedup worker keeps the whole window in memory by tailing the deduped stream, so workers on
-several hosts see each other's tickets; group sizes and incidents are counted atomically in Redis.
+Several dedup workers, one answer. Every worker holds the same groups because every grouping decision goes
+through one ordered log in Redis ({prefix}:dedup:log, with a sequence number {prefix}:dedup:seq): a worker
+replays the log it has not seen, decides its batch speculatively, and commits it with streams/group.lua, which
+writes nothing unless the sequence is still the one the worker decided from. When another worker committed in
+between, the worker rolls its decisions back, replays the newer entries and decides again. So group creation,
+joining and merging are atomic and linearised: two tickets of a new storm handled at the same moment by two
+workers end in one group, whatever the timing (optimistic concurrency; a stalled worker can only lose its turn,
+never commit a decision made on an old view). Sharding by category was the alternative, rejected because
+storms spill across predicted categories and the rule joins across them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import numpy as np
@@ -21,76 +30,79 @@ import structlog
 from ..domain.messages import Deduped, Enriched, Grouping
 from ..infra.runtime import Entry, Outcome, Stage, StageContext
 from ..infra.scripts import now_ms
+from ..models.grouping import Decision, Grouper, GroupingRule
 from ..models.window_index import WindowIndex
 
 log = structlog.get_logger("dedup")
 
 NEIGHBOURS = 8  # candidates per ticket: the nearest may be in another category, the next one not
-LIVE_IDLE_MS = 30_000  # a dedup consumer silent this long (and holding nothing) is gone
+LOG_MARGIN_S = 60  # the decision log keeps the window plus this (a worker starting reads the window back)
+MAX_TRIES = 50  # a batch decided again this often without committing (others kept committing first) fails
+
+
+def rule_of(settings) -> GroupingRule:
+    s = settings
+    return GroupingRule(tau=s.dedup_tau, tau_category=s.dedup_tau_category, tau_centroid=s.dedup_tau_centroid,
+                        tau_centroid_category=s.dedup_tau_centroid_category, tau_merge=s.dedup_tau_merge)
+
+
+def top_labels(enrich: dict) -> list[tuple[str, float]]:
+    """The ticket's top predicted labels with probabilities (the fast path's list; the decided category first)."""
+    top = [(str(lab), float(p)) for lab, p in ((enrich.get("fast") or {}).get("top") or [])]
+    if not top or top[0][0] != enrich["category"]:
+        top = [(enrich["category"], float(enrich.get("confidence") or 1.0)), *top]
+    return top
+
 
 class DedupStage(Stage):
     name = "dedup"
 
     def __init__(self, settings, keys):
         super().__init__(settings, keys)
+        self.rule = rule_of(settings)
         self.index: WindowIndex | None = None
-        self.group_of: dict[str, str] = {}
-        self.category_of: dict[str, str] = {}
+        self.grouper = Grouper(self.rule, incident_k=settings.incident_k)
+        self.seq = 0  # the last decision of the shared log this worker has applied
         self._tail = "0-0"
+        self.retries = 0  # batches decided again because another worker committed first (for tests, logs)
 
     async def setup(self, ctx: StageContext) -> None:
         self.r = ctx.r
         self.scripts = ctx.scripts
-        # start the window at now - W on the deduped stream (stream ids are millisecond timestamps)
+        # the window's decisions: from now - W on the log (stream ids are millisecond timestamps)
+        seq = int(await self.r.get(self.keys.dedup_seq) or 0)
         self._tail = f"{int((time.time() - self.settings.dedup_window_s) * 1000)}-0"
-        await self._catch_up(initial=True)
+        await self._catch_up()
+        self.seq = max(self.seq, seq)
 
-    async def _alone(self) -> bool:
-        """True when this worker is the dedup group's only live consumer: then everything in the deduped
-        stream since its last read is its own and already in its window, so reading it back (embeddings and
-        all) would only cost Redis traffic. The tail jumps to the stream's end instead. A consumer counts as
-        live while it holds pending entries or read within LIVE_IDLE_MS (a worker polls every block_ms)."""
-        try:
-            async with self.r.pipeline(transaction=False) as pipe:
-                pipe.xinfo_consumers(self.keys.enriched, self.name)
-                pipe.xrevrange(self.keys.deduped, count=1)
-                consumers, last = await pipe.execute()
-        except Exception:  # no group yet (first batch races its creation): read as usual
-            return False
-        live = [c for c in consumers if int(c.get("pending", 0)) > 0 or int(c.get("idle", 0)) < LIVE_IDLE_MS]
-        if len(live) != 1:
-            return False
-        if last:
-            self._tail = last[0][0].decode()
-        return True
+    def _add(self, tid: str, vec: np.ndarray, ts: float) -> None:
+        if self.index is None:
+            self.index = WindowIndex(len(vec), self.settings.dedup_window_s)
+        self.index.add(tid, vec, ts)
 
-    async def _catch_up(self, initial: bool = False) -> None:
-        """Add tickets other dedup workers grouped since we last looked."""
-        if not initial and await self._alone():
-            return
+    async def _catch_up(self) -> None:
+        """Apply the decisions other workers committed since this one last looked."""
         while True:
-            resp = await self.r.xread({self.keys.deduped: self._tail}, count=5000)
+            resp = await self.r.xread({self.keys.dedup_log: self._tail}, count=5000)
             if not resp:
                 return
             rows = resp[0][1]
             for eid, f in rows:
-                tid = f.get(b"ticket_id", b"").decode()
-                if tid and f.get(b"emb") and (self.index is None or tid not in self.index):
-                    msg = Deduped.from_fields(f)
-                    self._add(tid, msg.group or tid, msg.category, msg.emb, int(eid.split(b"-")[0]) / 1000)
+                seq = int(f[b"seq"])
+                if seq > self.seq:
+                    spec = orjson.loads(f[b"data"])
+                    vec = np.frombuffer(f[b"emb"], dtype=np.float32)
+                    ts = int(eid.split(b"-")[0]) / 1000
+                    d = spec["d"]
+                    decision = Decision(d["group"], d["joined"], d["rule"], d["score"], d.get("neighbor"),
+                                        d.get("neighbor_score", -1.0), list(d.get("merged", [])), spec["g"],
+                                        [tuple(x) for x in spec["m"]])
+                    self.grouper.apply(spec["t"], vec, spec["c"], ts, decision)
+                    self._add(spec["t"], vec, ts)
+                    self.seq = seq
             self._tail = rows[-1][0].decode()
             if len(rows) < 5000:
                 return
-
-    def _add(self, tid: str, gid: str, category: str, vec: np.ndarray, ts: float) -> None:
-        if self.index is None:
-            self.index = WindowIndex(len(vec), self.settings.dedup_window_s)
-        self.index.add(tid, vec, ts)
-        self.group_of[tid] = gid
-        self.category_of[tid] = category
-        if len(self.group_of) > 2 * len(self.index) + 10_000:
-            self.group_of = {t: g for t, g in self.group_of.items() if t in self.index}
-            self.category_of = {t: c for t, c in self.category_of.items() if t in self.index}
 
     def decode(self, entry: Entry) -> Enriched:
         return Enriched.from_fields(entry.fields)
@@ -98,67 +110,134 @@ class DedupStage(Stage):
     def _neighbours(self, vecs: np.ndarray) -> list[list[tuple[str, float]]]:
         if self.index is None:
             return [[] for _ in range(len(vecs))]
-        self.index.expire(time.time())
+        gone = self.index.expire(time.time())
+        if gone:
+            self.grouper.forget(gone)
         return self.index.search(vecs, k=NEIGHBOURS)
 
-    def _pick(self, candidates: list[tuple[str, float]], category: str) -> tuple[str | None, float, str]:
-        """The best candidate that qualifies, else the nearest one (for the trail) with rule 'none'."""
-        s = self.settings
-        for nbr, score in candidates:
-            if score >= s.dedup_tau:
-                return nbr, score, "tau"
-            if score >= s.dedup_tau_category and self.category_of.get(nbr) == category:
-                return nbr, score, "tau_category"
-        return (candidates[0][0], candidates[0][1], "none") if candidates else (None, -1.0, "none")
-
-    async def process(self, entries: list[Entry]) -> list[Outcome]:
-        await self._catch_up()
-        msgs: list[Enriched] = [e.value for e in entries]
-        vecs = np.stack([m.emb for m in msgs])
-        nbrs = await asyncio.to_thread(self._neighbours, vecs)
-        outcomes = []
+    def _decide(self, msgs: list[Enriched], vecs: np.ndarray, nbrs) -> list[Decision]:
+        """Decide the batch in arrival order (speculatively: the caller keeps or rolls back)."""
+        decisions: list[Decision] = []
         now = time.time()
-        batch_ids: list[str] = []
-        for i, (entry, msg) in enumerate(zip(entries, msgs)):
-            tid, category, vec = msg.ticket_id, msg.category, msg.emb
+        ids = [m.ticket_id for m in msgs]
+        for i, msg in enumerate(msgs):
+            tid, vec = msg.ticket_id, msg.emb
             candidates = [c for c in nbrs[i] if c[0] != tid]  # a redelivered ticket is already in the window
             if i:
                 # tickets of one storm often arrive in one batch: compare with the earlier ones too
                 sims = vecs[:i] @ vec
                 best = np.argsort(-sims)[:NEIGHBOURS]
-                candidates = sorted(candidates + [(batch_ids[j], float(sims[j])) for j in best if batch_ids[j] != tid],
-                                    key=lambda x: -x[1])
-            nbr, score, rule = self._pick(candidates, category)
-            gid = self.group_of.get(nbr, nbr) if rule != "none" else tid
-            if tid not in (self.index or ()):
-                self._add(tid, gid, category, vec, now)
-            gid = self.group_of.get(tid, gid)
-            batch_ids.append(tid)
-            grouping = Grouping(neighbor=nbr, score=round(float(score), 4), group=gid, joined=gid != tid, rule=rule,
-                                tau=self.settings.dedup_tau, tau_category=self.settings.dedup_tau_category,
-                                window_s=self.settings.dedup_window_s)
-            outcomes.append(Outcome(entry, writes=self._writes(Deduped.of(msg, grouping))))
-        return outcomes
+                candidates = sorted(candidates + [(ids[j], float(sims[j])) for j in best if ids[j] != tid],
+                                    key=lambda x: -x[1])[:NEIGHBOURS]
+            decisions.append(self.grouper.assign(tid, vec.astype(np.float64), msg.category, top_labels(msg.enrich),
+                                                 now, candidates))
+        return decisions
 
-    def _writes(self, msg: Deduped):
-        t = msg.ticket
-        alert = {"ticket_id": msg.ticket_id, "subject": t.subject[:200], "category": msg.category,
-                 "team": msg.team, "urgency": msg.urgency, "group": msg.group}
-        return [
-            self.scripts.group(ticket_id=msg.ticket_id, gid=msg.group, urgent=msg.urgent, alert=alert, team=msg.team,
-                               sample=(t.subject or t.body)[:200]),
-            self.scripts.commit(stage=self.name, status="grouped", ticket_id=msg.ticket_id,
-                                output_stream=self.keys.deduped, data=orjson.dumps(msg.data()), emb=msg.emb_bytes(),
-                                record={"dedup": orjson.dumps(msg.dedup), "t_dedup": now_ms()}),
-        ]
-
-    async def after_commit(self, outcomes, results) -> None:
+    async def process(self, entries: list[Entry]) -> list[Outcome]:
+        msgs: list[Enriched] = [e.value for e in entries]
+        vecs = np.stack([m.emb for m in msgs])
+        for attempt in range(MAX_TRIES):
+            await self._catch_up()
+            nbrs = await asyncio.to_thread(self._neighbours, vecs)
+            self.grouper.begin()
+            try:
+                decisions = self._decide(msgs, vecs, nbrs)
+                reply = await self._claim(msgs, decisions)
+            except BaseException:
+                self.grouper.rollback()
+                raise
+            if reply is not None:
+                self.grouper.keep()
+                break
+            self.grouper.rollback()
+            self.retries += 1
+            await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
+        else:
+            raise RuntimeError(f"dedup batch lost the race {MAX_TRIES} times in a row")
+        results = reply
+        outcomes = []
+        s = self.settings
         sent = suppressed = 0
-        for group_reply, _commit_reply in results:
-            _size, _incident, alert = group_reply
-            alert = alert.decode() if isinstance(alert, bytes) else alert
+        for entry, msg, d, res in zip(entries, msgs, decisions, results):
+            gid, size, incident, alert = res
             sent += alert in ("sent", "incident")
             suppressed += alert == "suppressed"
+            grouping = Grouping(neighbor=d.neighbor, score=d.score, group=gid, joined=d.joined, rule=d.rule,
+                                tau=s.dedup_tau, tau_category=s.dedup_tau_category, window_s=s.dedup_window_s,
+                                neighbor_score=d.neighbor_score, joined_group=d.joined_group or gid,
+                                merged=list(d.merged), tau_centroid=s.dedup_tau_centroid,
+                                tau_centroid_category=s.dedup_tau_centroid_category, tau_merge=s.dedup_tau_merge)
+            out = Deduped.of(msg, grouping)
+            outcomes.append(Outcome(entry, writes=[self.scripts.commit(
+                stage=self.name, status="grouped", ticket_id=msg.ticket_id, output_stream=self.keys.deduped,
+                data=orjson.dumps(out.data()), emb=out.emb_bytes(),
+                record={"dedup": orjson.dumps(out.dedup), "t_dedup": now_ms()})]))
         if sent or suppressed:
-            await self.r.hincrby(self.keys.stats, "alerts_queued", sent)
-            await self.r.hincrby(self.keys.stats, "alerts_suppressed", suppressed)
+            async with self.r.pipeline(transaction=False) as pipe:
+                pipe.hincrby(self.keys.stats, "alerts_queued", sent)
+                pipe.hincrby(self.keys.stats, "alerts_suppressed", suppressed)
+                await pipe.execute()
+        return outcomes
+
+    async def _claim(self, msgs: list[Enriched], decisions: list[Decision]):
+        """Commit the batch's decisions at the sequence they were decided from: per ticket (group, size,
+        incident, alert), or None when another worker committed first."""
+        added, fresh = set(self.grouper.added), []
+        for m, d in zip(msgs, decisions):
+            if m.ticket_id in added:
+                added.discard(m.ticket_id)
+                fresh.append((m, d))
+        groups: dict[str, int] = {}
+        merged = []
+        for _, d in fresh:
+            groups.setdefault(d.joined_group, -1)
+            for m, surv in d.merges:
+                merged.append(m)
+                groups[m] = -2  # checked below
+                groups.setdefault(surv, -1)
+        members: list[str] = []
+        if merged:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for m in merged:
+                    pipe.lrange(self.keys.members(m), 0, -1)
+                rows = await pipe.execute()
+            for m, row in zip(merged, rows):
+                ids = [x.decode() for x in row]
+                groups[m] = len(ids)
+                members += ids
+        tickets = []
+        for msg, d in fresh:
+            t = msg.ticket
+            spec = {"t": msg.ticket_id, "g": d.joined_group, "m": [list(x) for x in d.merges], "u": int(msg.urgent),
+                    "team": msg.team, "sample": (t.subject or t.body)[:200], "c": msg.category,
+                    "a": orjson.dumps({"ticket_id": msg.ticket_id, "subject": t.subject[:200],
+                                       "category": msg.category, "team": msg.team, "urgency": msg.urgency,
+                                       "group": d.group}).decode(),
+                    "d": d.trail()}
+            tickets.append((msg.ticket_id, orjson.dumps(spec), msg.emb_bytes()))
+        by_id: dict[str, list] = {}
+        if tickets:
+            reply = await self.scripts.group(
+                expected_seq=self.seq, tickets=tickets, groups=[(g, max(e, -1)) for g, e in groups.items()],
+                members=members, log_min_ms=int((time.time() - self.settings.dedup_window_s - LOG_MARGIN_S) * 1000))
+            if _s(reply[0]) == "stale":
+                return None
+            self.seq, self._tail = int(reply[1]), _s(reply[2])
+            now = time.time()
+            for (msg, _d), res in zip(fresh, reply[3]):
+                by_id[msg.ticket_id] = [_s(res[0]), int(res[1]), int(res[2]), _s(res[3])]
+                self._add(msg.ticket_id, msg.emb, now)
+        # tickets grouped before (a redelivery): their record holds the answer
+        rest = [m for m in msgs if m.ticket_id not in by_id]
+        if rest:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for m in rest:
+                    pipe.hmget(self.keys.ticket(m.ticket_id), "group", "group_size", "incident", "alert")
+                rows = await pipe.execute()
+            for m, (g, n, inc, alert) in zip(rest, rows):
+                by_id[m.ticket_id] = [_s(g) or m.ticket_id, int(n or 0), int(inc or 0), _s(alert) or "none"]
+        return [by_id[m.ticket_id] for m in msgs]
+
+
+def _s(x) -> str:
+    return x.decode() if isinstance(x, bytes) else ("" if x is None else str(x))

@@ -28,10 +28,16 @@ class RouteStage(Stage):
         # the agents known now, read once per batch: route.lua gets each agent's key (a new agent joins at the
         # next batch)
         agents = await agent_ids(self.r, self.keys)
+        # the ticket's group now: a merge after dedup re-pointed the record to the surviving group
+        async with self.r.pipeline(transaction=False) as pipe:
+            for e in entries:
+                pipe.hget(self.keys.ticket(e.value.ticket_id), "group")
+            current = await pipe.execute()
         outcomes = []
-        for e in entries:
+        for e, now_in in zip(entries, current):
             msg: Deduped = e.value
-            write = self.scripts.route(ticket_id=msg.ticket_id, team=msg.team, gid=msg.group, urgency=msg.urgency,
+            gid = now_in.decode() if now_in else msg.group
+            write = self.scripts.route(ticket_id=msg.ticket_id, team=msg.team, gid=gid, urgency=msg.urgency,
                                        summary=Routed.summary_of(msg), agent_ids=agents)
             outcomes.append(Outcome(e, writes=[write], info={"received_at": msg.received_at}))
         return outcomes

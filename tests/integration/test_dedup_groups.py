@@ -1,0 +1,211 @@
+"""Storm groups in the live dedup stage, on the real Redis: group-level joins on the trail, groups of one storm
+merging into one incident (one page), and two dedup workers racing on a new storm ending in one incident."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import numpy as np
+import orjson
+import pytest
+
+from routing_engine.domain.messages import Enriched
+from routing_engine.domain.ticket import Ticket
+from routing_engine.infra.keys import Keys
+from routing_engine.infra.runtime import Entry, StageContext
+from routing_engine.infra.scripts import Scripts
+
+from fixtures import wait_for
+
+DIM = 8
+
+
+def unit(*xs: float) -> np.ndarray:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[: len(xs)] = xs
+    return v / np.linalg.norm(v)
+
+
+def enriched(tid: str, vec: np.ndarray, category: str = "atm", urgent: bool = False) -> Enriched:
+    enrich = {"category": category, "team": "payments", "urgency": 0.9 if urgent else 0.2, "urgent": urgent,
+              "confidence": 0.9, "fast": {"top": [[category, 0.9], ["other", 0.05]]}}
+    return Enriched(Ticket(tid, subject=f"s {tid}", body="b"), int(time.time() * 1000), enrich, vec)
+
+
+@pytest.fixture
+def grouping_settings(settings):
+    # hand-made vectors: pairs join only when nearly equal, groups merge at 0.7
+    return dataclasses.replace(settings, dedup_tau=0.99, dedup_tau_category=0.95, dedup_tau_centroid=0.99,
+                               dedup_tau_centroid_category=0.95, dedup_tau_merge=0.7, incident_k=10)
+
+
+async def feed(r, k, msgs):
+    for m in msgs:
+        await r.xadd(k.enriched, m.to_fields())
+
+
+async def records(r, k, ids):
+    out = {}
+    for t in ids:
+        h = await r.hgetall(k.ticket(t))
+        out[t] = {f.decode(): v.decode() for f, v in h.items()}
+    return out
+
+
+async def alerts_of(r, k, kind):
+    return [f for _, f in await r.xrange(k.alerts) if f[b"type"] == kind.encode()]
+
+
+async def test_two_groups_of_one_storm_converge_into_one_incident_and_one_page(grouping_settings, r):
+    from routing_engine import service
+
+    s, k = grouping_settings, Keys(grouping_settings.prefix)
+    left = [enriched(f"l{i}", unit(1, 0.2, 0.03 * i)) for i in range(10)]  # reaches K: an incident, one page
+    right = [enriched(f"r{i}", unit(1, -0.6, 0.03 * i)) for i in range(4)]  # a sub-cluster ~0.8 from the left one
+    ids = [m.ticket_id for m in left + right]
+    async with service.running(s, r, stages=["dedup"], consumer="d1"):
+        await feed(r, k, left + right)
+
+        async def done():
+            recs = await records(r, k, ids)
+            return all(x.get("status") == "grouped" for x in recs.values())
+
+        await wait_for(done, 30)
+    recs = await records(r, k, ids)
+    # the right sub-cluster started its own group, then merged into the incident when it reached 3
+    trail = {t: orjson.loads(recs[t]["dedup"]) for t in ids}
+    assert trail["r0"]["rule"] == "none" and trail["r1"]["group"] == "r0"
+    assert trail["r2"]["merged"] == ["r0"] and trail["r2"]["group"] == "l0" and trail["r2"]["joined_group"] == "r0"
+    assert {recs[t]["group"] for t in ids} == {"l0"}  # members re-pointed
+    assert all(recs[t]["incident"] == "1" for t in ("l9", "r0", "r1", "r2", "r3"))  # members of the incident now
+    assert trail["l1"]["rule"] in ("tau_category", "centroid_category", "centroid")
+    members = [m.decode() for m in await r.lrange(k.members("l0"), 0, -1)]
+    assert sorted(members) == sorted(ids)
+    g = {f.decode(): v.decode() for f, v in (await r.hgetall(k.group("r0"))).items()}
+    assert g["merged_into"] == "l0" and g["status"] == "merged"
+    assert int((await r.hget(k.group("l0"), "size")).decode()) == 14
+    assert [x.decode() for x in await r.zrange(k.incidents, 0, -1)] == ["l0"]
+    assert len(await alerts_of(r, k, "incident.opened")) == 1  # one page, the merge did not page
+    merged = [f for _, f in await r.xrange(k.events) if f[b"type"] == b"incident.merged"]
+    assert len(merged) == 1 and merged[0][b"group"] == b"l0" and merged[0][b"merged"] == b"r0"
+    # the API follows the merge
+    from routing_engine.infra import records as rec_read
+
+    inc = await rec_read.get_incident(r, k, "r0")
+    assert inc["status"] == "merged" and inc["merged_into"] == "l0"
+
+
+async def test_a_merge_that_reaches_k_opens_one_incident_for_both(grouping_settings, r):
+    from routing_engine import service
+
+    s, k = grouping_settings, Keys(grouping_settings.prefix)
+    left = [enriched(f"l{i}", unit(1, 0.2, 0.03 * i)) for i in range(6)]
+    right = [enriched(f"r{i}", unit(1, -0.6, 0.03 * i)) for i in range(4)]
+    ids = [m.ticket_id for m in left + right]
+    async with service.running(s, r, stages=["dedup"], consumer="d1"):
+        await feed(r, k, left + right)
+
+        async def done():
+            return all(x.get("status") == "grouped" for x in (await records(r, k, ids)).values())
+
+        await wait_for(done, 30)
+    recs = await records(r, k, ids)
+    assert {recs[t]["group"] for t in ids} == {"l0"}
+    assert [x.decode() for x in await r.zrange(k.incidents, 0, -1)] == ["l0"]
+    opened = await alerts_of(r, k, "incident.opened")
+    assert len(opened) == 1 and opened[0][b"group"] == b"l0" and opened[0][b"size"] == b"10"
+
+
+async def _stage(s, r, consumer):
+    from routing_engine.stages.dedup import DedupStage
+
+    k = Keys(s.prefix)
+    st = DedupStage(s, k)
+    await st.setup(StageContext(r, Scripts(r, s, k), consumer))
+    return st
+
+
+def entries(msgs):
+    return [Entry(f"{i + 1}-0", m.to_fields(), "enriched", m) for i, m in enumerate(msgs)]
+
+
+async def test_two_dedup_workers_racing_on_a_new_storm_make_one_group_and_one_incident(grouping_settings, r):
+    """Both workers decide their half of a new storm from the same state (nothing grouped yet). Without
+    coordination each would start a group of its own; the second to commit finds the sequence moved, rolls its
+    decisions back, reads the first one's and decides again: its tickets join the first worker's group."""
+    s, k = grouping_settings, Keys(grouping_settings.prefix)
+    a, b = await _stage(s, r, "a"), await _stage(s, r, "b")
+    storm = [enriched(f"s{i}", unit(1, 0.01 * i)) for i in range(12)]
+    batch_a, batch_b = storm[:6], storm[6:]
+    real_claim = a._claim
+    raced = []
+
+    async def claim_after_b_committed(msgs, decisions):
+        if not raced:  # a decided on the same (empty) state as b; b commits first
+            raced.append([d.group for d in decisions])
+            await b.process(entries(batch_b))
+        return await real_claim(msgs, decisions)
+
+    a._claim = claim_after_b_committed
+    await a.process(entries(batch_a))
+    assert raced == [["s0"] * 6]  # a's first decision: a group of its own
+    assert a.retries == 1 and b.retries == 0
+    recs = await records(r, k, [m.ticket_id for m in storm])
+    assert {x["group"] for x in recs.values()} == {"s6"}
+    assert not await r.exists(k.group("s0"))
+    assert int((await r.hget(k.group("s6"), "size")).decode()) == 12
+    assert [x.decode() for x in await r.zrange(k.incidents, 0, -1)] == ["s6"]
+    assert len(await alerts_of(r, k, "incident.opened")) == 1
+    # both workers hold the same groups afterwards
+    await b._catch_up()
+    assert a.grouper.group_of_ticket("s0") == b.grouper.group_of_ticket("s0") == "s6"
+    assert a.seq == b.seq == 12
+
+
+async def test_two_dedup_workers_under_load_one_storm_one_incident(grouping_settings, r):
+    """Two dedup consumers in the runtime, small batches, a storm arriving while both read: one group, one
+    incident, every ticket grouped once."""
+    from routing_engine import service
+
+    s = dataclasses.replace(grouping_settings, batch_size=3, block_ms=20)
+    k = Keys(s.prefix)
+    built = [service.build_stages(["dedup"], s)[0] for _ in range(2)]
+    handled = [0, 0]
+    for i, st in enumerate(built):
+        def counting(entries, i=i, process=st.process):
+            handled[i] += len(entries)
+            return process(entries)
+
+        st.process = counting
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(service.supervise(r, [st], f"w{i}", stop, rebuild=lambda name: None))
+             for i, st in enumerate(built)]
+    try:
+        async def both_reading():
+            try:
+                return len(await r.xinfo_consumers(k.enriched, "dedup")) == 2
+            except Exception:
+                return False
+
+        await wait_for(both_reading, 30)
+        storm = [enriched(f"s{i:03d}", unit(1, 0.002 * i, 0.001 * (i % 7))) for i in range(90)]
+        for i in range(0, len(storm), 6):
+            await feed(r, k, storm[i:i + 6])
+            await asyncio.sleep(0.01)
+        ids = [m.ticket_id for m in storm]
+
+        async def done():
+            return all(x.get("status") == "grouped" for x in (await records(r, k, ids)).values())
+
+        await wait_for(done, 60)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    recs = await records(r, k, ids)
+    assert len({x["group"] for x in recs.values()}) == 1
+    assert len(await r.zrange(k.incidents, 0, -1)) == 1
+    assert len(await alerts_of(r, k, "incident.opened")) == 1
+    assert int(await r.get(k.dedup_seq)) == 90  # each ticket decided once
+    assert all(handled), handled  # both workers grouped part of the storm
