@@ -82,15 +82,20 @@ def _parser() -> argparse.ArgumentParser:
     t = add("train", "train the fast path (LightGBM) and the transformer fallback; write versioned artifacts",
             "Embed labelled texts with all-MiniLM-L6-v2 and train the LightGBM fast path on them (pooled with a "
             "logistic regression, temperature-calibrated), then fine-tune MiniLM end to end as the fallback for "
-            "tickets the fast path is unsure of (CPU, minutes; --no-fallback skips it). Escalate/abstain thresholds "
-            "are chosen on a 10% holdout for the target precision. Artifacts go to <models dir>/<version>/ and "
-            "<models dir>/fallback/<version>/; running workers pick them up within seconds.")
+            "tickets the fast path is unsure of (5 epochs with early stopping: about 25 minutes on 2 CPU cores, "
+            "about a minute on a GPU; --no-fallback skips it). The escalation budget, blend weight and "
+            "escalate/abstain thresholds are chosen on a 10% holdout both models leave out. Artifacts go to "
+            "<models dir>/<version>/ and <models dir>/fallback/<version>/; running workers pick them up within "
+            "seconds.")
     _data_args(t)
     t.add_argument("--models-dir", help="where artifacts go (ROUTING_MODELS_DIR, default state/models)")
     t.add_argument("--limit", type=int, default=0, help="train on the first N rows only (quick trials)")
     t.add_argument("--no-fallback", action="store_true", help="train only the fast path")
-    t.add_argument("--epochs", type=float, default=2.0,
-                   help="fallback fine-tuning epochs, may be fractional (default 2)")
+    t.add_argument("--epochs", type=float, default=5.0,
+                   help="fallback fine-tuning epochs, may be fractional (default 5; early stopping may end sooner)")
+    t.add_argument("--device", choices=("cpu", "cuda", "auto"),
+                   help="where the fallback fine-tunes (ROUTING_DEVICE, default auto: a CUDA GPU when torch sees "
+                        "one, else the CPU); the artifacts are the same either way")
     t.add_argument("--max-seq-length", type=int, default=64, help="fallback token limit per ticket (default 64)")
     t.add_argument("--target-precision", type=float, help="precision the kept tickets must reach (default 0.9)")
     t.add_argument("--escalation-budget", type=float, help="most tickets sent to the fallback, a share (default 0.25)")
@@ -151,7 +156,7 @@ def cmd_train(args, s: Settings) -> int:
     train_and_save(texts, labels, s.models_path, shared_embedder(), teams=load_teams(s.team_map or None),
                    source=data, target_precision=s.target_precision, escalation_budget=s.escalation_budget,
                    fallback=not args.no_fallback, epochs=args.epochs, max_seq_length=args.max_seq_length,
-                   say=lambda m: print(m, flush=True))
+                   say=lambda m: print(m, flush=True), device=args.device)
     return 0
 
 

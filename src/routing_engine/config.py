@@ -74,6 +74,7 @@ class Settings:
     breaker_backlog_ms: int = field(default=1000, metadata={"env": "ROUTING_BREAKER_BACKLOG_MS", "help": "an escalation waiting longer opens the breaker"})
     target_precision: float = field(default=0.9, metadata={"env": "ROUTING_TARGET_PRECISION", "help": "train: precision the kept (not abstained) tickets must reach"})
     escalation_budget: float = field(default=0.25, metadata={"env": "ROUTING_ESCALATION_BUDGET", "help": "train: largest share of tickets sent to the fallback"})
+    device: str = field(default="auto", metadata={"env": "ROUTING_DEVICE", "help": "where MiniLM and the fallback run: cpu, cuda, or auto (a CUDA GPU when torch sees one)"})
     model_reload_s: float = field(default=5.0, metadata={"env": "ROUTING_MODEL_RELOAD_S", "help": "how often workers look for a newer model"})
     escalation: bool = field(default=True, metadata={"env": "ROUTING_ESCALATION", "help": "send unsure tickets to the transformer fallback (if trained)"})
     api_token: str = field(default="", metadata={"env": "ROUTING_API_TOKEN", "help": "older name of the operate token (still accepted, same scope)"})

@@ -58,7 +58,3 @@ def ece(confidence: Sequence[float], correct: Sequence[bool], bins: int = 15) ->
         if m.any():
             total += m.mean() * abs(ok[m].mean() - conf[m].mean())
     return float(total)
-
-
-def blend_proba(fast_proba: np.ndarray, slow_proba: np.ndarray, w: float) -> np.ndarray:
-    return w * fast_proba + (1.0 - w) * slow_proba

@@ -24,6 +24,7 @@ class Policy:
     ood_below: float = 0.0          # similarity to the training data below this -> triage (0 = off)
     target_precision: float = 0.9   # what the thresholds were chosen for (kept for the audit trail)
     blend: float = 0.0              # weight of the fast path's probabilities in the transformer's answer
+    escalation_budget: float = 0.0  # largest share escalate_below was chosen to send (kept for the audit trail)
 
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
@@ -155,7 +156,8 @@ def policy_for_precision(
     budget = float(np.clip(escalation_budget, 0.0, 1.0))
     order = np.sort(conf)
     n_esc = int(np.floor(budget * len(conf)))
-    escalate_below = float(order[n_esc]) if n_esc < len(conf) else float(np.nextafter(order[-1], np.inf))
+    escalate_below = (0.0 if n_esc == 0 else float(order[n_esc]) if n_esc < len(conf)
+                      else float(np.nextafter(order[-1], np.inf)))
     final_conf, final_ok = conf, ok
     if fallback_confidences is not None and fallback_correct is not None and n_esc > 0:
         fconf = np.asarray(fallback_confidences, dtype=np.float64)
@@ -174,7 +176,47 @@ def policy_for_precision(
     if ood_similarities is not None and len(ood_similarities):
         ood_below = float(np.quantile(np.asarray(ood_similarities, dtype=np.float64), ood_quantile))
     return Policy(escalate_below=escalate_below, abstain_below=abstain_below, ood_below=ood_below,
-                  target_precision=float(target_precision), blend=float(blend))
+                  target_precision=float(target_precision), blend=float(blend), escalation_budget=budget)
 
 
-__all__ = ["Policy", "decide", "should_escalate", "policy_for_precision", "trail", "TRIAGE_TEAM"]
+BLENDS = (0.0, 0.25, 0.5, 0.75)
+# Escalation budgets tried, as shares of tickets, up to the configured ceiling (and 0: never escalate). The cheapest budget within
+# BUDGET_TOLERANCE of the best validation accuracy wins: a point of accuracy is worth escalating for, a tenth
+# of a point on ~1,000 holdout rows (one ticket) is noise and not worth the fallback's time.
+BUDGETS = (0.05, 0.10, 0.15, 0.20, 0.25)
+BUDGET_TOLERANCE = 0.001
+
+
+def choose_cascade(
+    fast_proba: np.ndarray, slow_proba: np.ndarray, y: np.ndarray, target_precision: float, *,
+    budget_ceiling: float = 0.25, blends: Sequence[float] = BLENDS, budgets: Sequence[float] = BUDGETS,
+    tolerance: float = BUDGET_TOLERANCE,
+) -> tuple[Policy, list[dict[str, Any]]]:
+    """The cascade decision from validation predictions of both models (never training rows): the escalation
+    budget (cheapest within `tolerance` of the best accuracy), the blend weight of the fast path's probabilities
+    on escalated tickets (blending beat replacing by 0.3-0.8 points in issue 14's runs), the escalate threshold
+    inside that budget and the abstain threshold for the target precision. Returns (policy, the search table).
+    """
+    fast_proba, slow_proba, y = np.asarray(fast_proba), np.asarray(slow_proba), np.asarray(y)
+    fast_conf, fast_ok = fast_proba.max(1), fast_proba.argmax(1) == y
+    ceiling = float(np.clip(budget_ceiling, 0.0, 1.0))
+    rows: list[tuple[dict[str, Any], Policy]] = []
+    # Budget 0 (never escalate) is a candidate too: a fallback that does not pay for itself is not asked.
+    for b in sorted({0.0, ceiling} | {b for b in budgets if b < ceiling}):
+        for w in blends:
+            pb = w * fast_proba + (1.0 - w) * slow_proba
+            pol = policy_for_precision(fast_conf, fast_ok, target_precision, escalation_budget=b,
+                                       fallback_confidences=pb.max(1), fallback_correct=pb.argmax(1) == y, blend=w)
+            esc = fast_conf < pol.escalate_below
+            acc = float(np.where(esc, pb.argmax(1) == y, fast_ok).mean())
+            rows.append(({"budget": b, "blend": w, "escalate_below": round(pol.escalate_below, 4),
+                          "escalated": round(float(esc.mean()), 4), "accuracy": round(acc, 4)}, pol))
+    top = max(r["accuracy"] for r, _ in rows)
+    cheapest = min(r["budget"] for r, _ in rows if r["accuracy"] >= top - tolerance - 1e-12)
+    # Within that budget the most accurate blend; ties go to the smaller weight (listed first).
+    pick = max((rp for rp in rows if rp[0]["budget"] == cheapest), key=lambda rp: rp[0]["accuracy"])
+    table = [{**r, "chosen": r is pick[0]} for r, _ in rows]
+    return pick[1], table
+
+
+__all__ = ["Policy", "choose_cascade", "decide", "should_escalate", "policy_for_precision", "trail", "TRIAGE_TEAM"]

@@ -133,6 +133,11 @@ def evaluate(
             fb_ok = np.array([slow[i].label == labels[i] for i in scored])
             key = "fallback_accuracy" if fallback_on_all else "fallback_accuracy_on_escalated"
             out[key] = round(float(fb_ok.mean()), 4)
+            if len(scored) == n:
+                # Rows both models get wrong: no escalation rule or blend of these two can fix them.
+                both = ~fast_ok & ~fb_ok
+                out["both_wrong_rate"] = round(float(both.mean()), 4)
+                out["ceiling_accuracy"] = round(float(1.0 - both.mean()), 4)
         if escalate.any():
             out["fast_accuracy_on_escalated"] = round(float(fast_ok[escalate].mean()), 4)
             esc_ok = [slow[i].label == labels[i] for i in np.flatnonzero(escalate) if slow[i] is not None]
@@ -179,6 +184,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"escalation rate {r['escalation_rate']:.4f}",
         f"abstain rate    {r['abstain_rate']:.4f}   accuracy on kept {r['kept_accuracy']}",
         f"fast path alone {r['fast_accuracy']:.4f}   fallback alone {r['fallback_accuracy']}",
+        f"both wrong      {r.get('both_wrong_rate')}   ceiling of this pair {r.get('ceiling_accuracy')}"
+        f"   (cascade at the shipped escalation rate: {r['accuracy']:.4f})",
         f"decided by      {r['decided_by']}",
         "",
         "coverage   accuracy on kept (cascade)   fast path alone   confidence cut",

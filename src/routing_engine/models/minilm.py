@@ -23,13 +23,16 @@ def default_model_path() -> str:
 class Embedder:
     """Wraps a SentenceTransformer; returns L2-normalised float32 rows so dot product = cosine."""
 
-    def __init__(self, model_path: str | None = None, batch_size: int = 64):
+    def __init__(self, model_path: str | None = None, batch_size: int = 64, device: str | None = None):
         from sentence_transformers import SentenceTransformer
+
+        from .device import resolve_device
 
         self.path = model_path or default_model_path()
         self.name = Path(self.path).name if model_path else "all-MiniLM-L6-v2"
         self.batch_size = batch_size
-        self._model = SentenceTransformer(self.path, device="cpu")
+        self.device = resolve_device(device)  # ROUTING_DEVICE: cpu / cuda / auto
+        self._model = SentenceTransformer(self.path, device=self.device)
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         # torch is thread-safe for inference but two threads on 2 cores only thrash.

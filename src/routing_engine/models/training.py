@@ -15,8 +15,8 @@ import numpy as np
 
 from ..domain.teams import Teams, load_teams
 from .artifacts import created_now, new_version, sha256_of
-from .calibration import MIN_CALIBRATION_ROWS, blend_proba, ece, fit_temperature, pool, softmax
-from .cascade import Policy, policy_for_precision
+from .calibration import MIN_CALIBRATION_ROWS, ece, fit_temperature, pool, softmax
+from .cascade import Policy, choose_cascade, policy_for_precision
 from .classifier import OOD_BANK_ROWS, OOD_K, Classifier, knn_similarity, unit_rows
 from .data import stratified_split
 from .embedder import embed_texts
@@ -284,12 +284,12 @@ def train(
 
 def tune_policy(
     classifier: Classifier, fallback: Any, texts: Sequence[str], labels: Sequence[str], embedder: Any, *,
-    target_precision: float, escalation_budget: float, blends: Sequence[float] = (0.0, 0.25, 0.5),
-) -> Policy | None:
-    """Joint escalate/abstain thresholds (and the blend weight) on the holdout both models left out.
-
-    Both trainers split with the same seed over the same label order, so their holdout rows coincide. None when
-    the fast path was refitted on every row (small data): its holdout answers would be in-sample.
+    target_precision: float, escalation_budget: float,
+) -> tuple[Policy, list[dict[str, float]]] | None:
+    """The cascade decision (cascade.choose_cascade) on the holdout both models left out: returns (policy, the
+    search table), or None when the holdout cannot be shared: the fast path refitted on every row (small data,
+    its holdout answers would be in-sample) or the two saw different label sets.
+    Both trainers split with the same seed over the same label order, so their holdout rows coincide.
     """
     if classifier.metrics.get("refit_on_all_rows") or not classifier.metrics.get("n_holdout"):
         return None
@@ -302,30 +302,18 @@ def tune_policy(
         return None
     ho = split[1]
     ho_texts = [texts[i] for i in ho]
-    emb = embedder.encode(ho_texts)
-    pf = classifier.predict_proba(emb, ho_texts)
+    pf = classifier.predict_proba(embedder.encode(ho_texts), ho_texts)
     ps = fallback.predict_proba(ho_texts)
-    fast_conf, fast_ok = pf.max(1), pf.argmax(1) == y[ho]
-    base = classifier.policy
-    best: tuple[float, Policy] | None = None
-    for w in blends:
-        pb = blend_proba(pf, ps, w)
-        pol = policy_for_precision(fast_conf, fast_ok, target_precision, escalation_budget=escalation_budget,
-                                   fallback_confidences=pb.max(1), fallback_correct=pb.argmax(1) == y[ho], blend=w)
-        esc = fast_conf < pol.escalate_below
-        acc = float(np.where(esc, pb.argmax(1) == y[ho], fast_ok).mean())
-        if best is None or acc > best[0] + 1e-9:
-            best = (acc, pol)
-    pol = best[1]
-    pol.ood_below = base.ood_below
-    return pol
+    pol, table = choose_cascade(pf, ps, y[ho], target_precision, budget_ceiling=escalation_budget)
+    pol.ood_below = classifier.policy.ood_below
+    return pol, table
 
 
 def train_and_save(
     texts: Sequence[str], labels: Sequence[str], models_dir: str | Path, embedder: Any, *,
     teams: Teams | None = None, source: str | Path | None = None, target_precision: float = 0.9,
-    escalation_budget: float = 0.25, fallback: bool = True, epochs: float = 2.0, max_seq_length: int = 64,
-    progress: bool = True, say=print,
+    escalation_budget: float = 0.25, fallback: bool = True, epochs: float = 5.0, max_seq_length: int = 64,
+    progress: bool = True, say=print, device: str | None = None,
 ) -> tuple[Classifier, Any]:
     """What `routing-engine train` does: the fast path, then (unless `fallback=False`) the fine-tuned fallback
     and the joint policy tuned on the holdout both left out; artifacts written fallback first, so a worker
@@ -336,14 +324,18 @@ def train_and_save(
     if fallback:
         from .finetune import train_fallback  # imports torch's training stack: only when fine-tuning
 
-        say("fine-tuning the transformer fallback (CPU; --no-fallback skips this)")
+        say(f"fine-tuning the transformer fallback, {epochs:g} epochs (about 25 minutes on 2 CPU cores, a minute "
+            "on a GPU; --no-fallback skips this)")
         fb = train_fallback(texts, labels, teams=teams, epochs=epochs, max_seq_length=max_seq_length,
-                            progress=progress, source=source, label_names=clf.labels)
+                            progress=progress, source=source, label_names=clf.labels, device=device, say=say)
         # Both models left out the same holdout rows (same labels, same seed): tune the joint policy there.
         tuned = tune_policy(clf, fb, texts, labels, embedder, target_precision=target_precision,
                             escalation_budget=escalation_budget)
         if tuned is not None:
-            clf.policy = tuned
+            clf.policy, search = tuned
+            clf.meta["policy_search"] = search
+            say(f"cascade decision on the holdout: escalation budget {clf.policy.escalation_budget:.2f}, "
+                f"blend {clf.policy.blend:.2f}, escalate below {clf.policy.escalate_below:.3f}")
         clf.meta["fallback_version"] = fb.version
         say(f"fallback {fb.version} written to {fb.save(models_dir)}  metrics={fb.metrics}")
     path = clf.save(models_dir)
