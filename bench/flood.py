@@ -472,6 +472,8 @@ async def collect(r, k, ids: list[str]) -> dict:
         "dead": [x[b"ticket_id"].decode() for x in dead if x[b"ticket_id"]],
         "records": records,
         "incidents": {g.decode() for g in await r.zrange(k.incidents, 0, -1)},
+        # when each incident opened (ms): time-to-detect per storm
+        "opened_at": {g.decode(): int(s) for g, s in await r.zrange(k.incidents, 0, -1, withscores=True)},
         "stats": {a.decode(): b.decode() for a, b in (await r.hgetall(k.stats)).items()},
         "alerts_len": await r.xlen(k.alerts),
         "breaker": [{kk.decode(): vv.decode(errors="replace") for kk, vv in e.items()} for e in events
@@ -544,6 +546,16 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
     for s in scenario.storms:
         if s.id in per_storm:
             per_storm[s.id]["intent"] = s.intent
+    # time-to-detect: from the K-th storm ticket reaching ingest to the opening of the incident holding most of
+    # the storm (an incident folded into it by a merge keeps its opening time)
+    for sid, info in per_storm.items():
+        tids = [t for t, x in truth.items() if x["storm"] == sid]
+        main = Counter(groups[t] for t in tids if t in groups).most_common(1)
+        arrived = sorted(int(got["records"][t]["received_at"]) for t in tids if got["records"][t]["received_at"])
+        opened = got["opened_at"].get(main[0][0]) if main else None
+        kth = arrived[settings.incident_k - 1] if len(arrived) >= settings.incident_k else None
+        info["detect_s"] = round((opened - kth) / 1000, 2) if opened is not None and kth is not None else None
+        info["main_share"] = round(main[0][1] / len(tids), 4) if main else 0.0
     windows = {}
     for sid in per_storm:
         rs = [x["received_at"] for x in recs if truth[x["id"]]["storm"] == sid]

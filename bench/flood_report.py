@@ -219,7 +219,9 @@ def table(rep: dict) -> str:
     ]
     for sid, s in g["per_storm"].items():
         rows.append((f"  {sid}", f"{s['tickets']} tickets ({s['intent']}) -> {s['groups']} groups, "
-                                 f"{s['incidents']} incident(s), largest group {s['largest_group_share']:.0%}"))
+                                 f"{s['incidents']} incident(s), largest group {s['largest_group_share']:.0%}"
+                                 + (f", detected {s['detect_s']} s after the K-th ticket"
+                                    if s.get("detect_s") is not None else "")))
     rows += [
         ("alerts", f"{rep['alerts_sent']} sent, {rep['alerts_suppressed']} suppressed"),
         ("routing", ", ".join(f"{k} {v}" for k, v in sorted(rep["routing"].items()))),

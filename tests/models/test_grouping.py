@@ -87,3 +87,70 @@ def test_a_redelivered_ticket_keeps_its_group():
     d = g.assign("a", v, "atm", top("atm"), 1, [("a", 1.0)])
     # the same answer as the first time (its trail says why), and the group is not counted twice
     assert d.rule == "none" and d.group == "a" and g.groups["a"].n == 1
+
+
+def test_spill_over_merges_a_slow_group_of_another_category_into_the_storm_when_turned_on():
+    rule = GroupingRule(tau=0.99, tau_category=0.9, tau_centroid=0.99, tau_centroid_category=0.99, tau_merge=0.99,
+                        tau_merge_cross=0.8, storm_rate=2.0, spill_ratio=0.15, rate_halflife_s=5.0)
+    g = Grouper(rule)
+    storm = [unit(1, 0.3, 0.001 * i) for i in range(40)]
+    for i, v in enumerate(storm):  # 40 tickets in 2 s: a storm
+        g.assign(f"s{i}", v, "transfer_not_received", top("transfer_not_received"), i * 0.05,
+                 [("s0", float(v @ storm[0]))] if i else [])
+    spill = [unit(1, 0.0, 0.001 * i) for i in range(3)]  # ~0.95 from the storm, another predicted category
+    for i, v in enumerate(spill):
+        d = g.assign(f"p{i}", v, "pending_transfer", top("pending_transfer"), 2.0 + 0.1 * i,
+                     [("p0", float(v @ spill[0]))] if i else [])
+    assert d.merges == [("p0", "s0")] and g.group_of_ticket("p0") == "s0"
+
+
+def test_spill_over_keeps_a_concurrent_storm_of_another_category_apart():
+    rule = GroupingRule(tau=0.99, tau_category=0.9, tau_centroid=0.99, tau_centroid_category=0.99, tau_merge=0.99,
+                        tau_merge_cross=0.8, storm_rate=2.0, spill_ratio=0.15, rate_halflife_s=5.0)
+    g = Grouper(rule)
+    a = [unit(1, 0.3, 0.001 * i) for i in range(40)]
+    b = [unit(1, 0.0, 0.001 * i) for i in range(40)]
+    for i in range(40):  # two storms growing side by side
+        g.assign(f"a{i}", a[i], "card_arrival", top("card_arrival"), i * 0.05,
+                 [("a0", float(a[i] @ a[0]))] if i else [])
+        g.assign(f"b{i}", b[i], "card_delivery_estimate", top("card_delivery_estimate"), i * 0.05 + 0.01,
+                 [("b0", float(b[i] @ b[0]))] if i else [])
+    assert g.group_of_ticket("a39") == "a0" and g.group_of_ticket("b39") == "b0"
+
+
+def _state(g: Grouper) -> dict:
+    return {gid: (x.n, x.merged_into, x.incident_ts, dict(x.categories), np.round(x.total, 6).tolist())
+            for gid, x in g.groups.items()} | {"of": dict(g.group_of)}
+
+
+def test_a_rolled_back_batch_leaves_no_trace_and_a_replayed_log_gives_the_same_groups():
+    rule = GroupingRule(tau=0.99, tau_category=0.9, tau_centroid=0.99, tau_centroid_category=0.9, tau_merge=0.7)
+    vec = {f"l{i}": unit(1, 0.2, 0.05 * i) for i in range(4)} | {f"r{i}": unit(1, -0.6, 0.05 * i) for i in range(4)}
+    order = ["l0", "l1", "l2", "l3", "r0", "r1", "r2", "r3"]
+
+    def near(tid):  # the first ticket of its cluster is its neighbour
+        head = tid[0] + "0"
+        return [] if tid == head else [(head, float(vec[tid] @ vec[head]))]
+
+    def first_three(grouper):
+        for i, t in enumerate(order[:3]):
+            grouper.assign(t, vec[t], "atm", top("atm"), i, near(t))
+
+    g = Grouper(rule, incident_k=6)
+    first_three(g)
+    before = _state(g)
+    g.begin()  # a batch that merges the two clusters and opens an incident, then loses the race
+    for i, t in enumerate(order[3:]):
+        g.assign(t, vec[t], "atm", top("atm"), 3 + i, near(t))
+    assert g.group_of_ticket("r2") == "l0" and g.groups["l0"].incident_ts is not None
+    g.rollback()
+    assert _state(g) == before and "r2" not in g.decisions
+
+    # the same batch decided for real, and replayed by another worker from its decisions: the same groups
+    decided = [(t, g.assign(t, vec[t], "atm", top("atm"), 3 + i, near(t))) for i, t in enumerate(order[3:])]
+    assert any(d.merges for _, d in decided)
+    other = Grouper(rule, incident_k=6)
+    first_three(other)
+    for i, (t, d) in enumerate(decided):
+        other.apply(t, vec[t], "atm", 3 + i, d)
+    assert _state(other) == _state(g)
