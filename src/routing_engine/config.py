@@ -55,6 +55,8 @@ class Settings:
     housekeeping_s: float = field(default=60.0, metadata={"env": "ROUTING_HOUSEKEEPING_S", "help": "how often the API deletes dead consumers and prunes index entries of expired tickets"})
     max_body_bytes: int = field(default=64 * 1024, metadata={"env": "ROUTING_MAX_BODY_BYTES", "help": "largest accepted HTTP body per ticket"})
     max_text_chars: int = field(default=20_000, metadata={"env": "ROUTING_MAX_TEXT_CHARS", "help": "subject+body longer than this is rejected"})
+    embedder: str = field(default="auto", metadata={"env": "ROUTING_EMBEDDER", "help": "auto | onnx-int8 | torch: MiniLM in int8 ONNX Runtime or PyTorch fp32 (auto: int8 when built, checked and faster here)"})
+    embedder_min_cosine: float = field(default=0.98, metadata={"env": "ROUTING_EMBEDDER_MIN_COSINE", "help": "mean cosine to fp32 over the probe set the int8 model must reach to be used"})
     dedup_window_s: int = field(default=300, metadata={"env": "ROUTING_DEDUP_WINDOW_S", "help": "W: near-duplicate search window"})
     dedup_tau: float = field(default=0.85, metadata={"env": "ROUTING_DEDUP_TAU", "help": "τ: cosine to join a neighbour's group"})
     dedup_tau_category: float = field(default=0.5, metadata={"env": "ROUTING_DEDUP_TAU_CATEGORY", "help": "cosine to join when both tickets got the same category"})

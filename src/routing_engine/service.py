@@ -27,7 +27,7 @@ from .infra.keys import Keys
 from .infra.runtime import Stage, backoff_s, consumer_name, describe, run_stage
 from .models.classifier import latest_model
 from .models.data import default_training_data, read_labelled
-from .models.embedder import shared_embedder
+from .models.embedder import pipeline_embedder
 from .models.training import train_and_save
 from .stages.registry import PIPELINE_STAGES, STAGES, build_stages
 from .web.app import make_app
@@ -46,17 +46,19 @@ __all__ = ["STAGES", "PIPELINE_STAGES", "build_stages", "ensure_model", "with_em
 
 
 def ensure_model(s: Settings) -> None:
-    """Train the fast path on the default data when the models folder has none (first start); fine-tuning the
-    fallback takes many minutes, so `routing-engine train` adds it later and running workers pick it up."""
+    """First start: build the int8 MiniLM (unless ROUTING_EMBEDDER=torch; seconds), then train the fast path on the
+    default data with the embedder the pipeline will use when the models folder has no classifier. Fine-tuning
+    the fallback takes many minutes, so `routing-engine train` adds it later and running workers pick it up."""
+    embedder = pipeline_embedder(s.embedder, s.models_path, build=True, min_cosine=s.embedder_min_cosine)
     if latest_model(s.models_path) is not None:
         return
     data = default_training_data()
     if data is None:
         raise SystemExit("no labelled data for the first model: set ROUTING_TRAIN_DATA to a CSV/JSONL file")
-    print(f"no model in {s.models_path}: training the default one first on {data} (one-time, about 1-2 minutes)",
-          file=sys.stderr, flush=True)
+    print(f"no model in {s.models_path}: training the default one first on {data} with {embedder.name} "
+          "(one-time, about 1-2 minutes)", file=sys.stderr, flush=True)
     texts, labels = read_labelled(data)
-    train_and_save(texts, labels, s.models_path, shared_embedder(), teams=load_teams(s.team_map or None),
+    train_and_save(texts, labels, s.models_path, embedder, teams=load_teams(s.team_map or None),
                    source=data, target_precision=s.target_precision, escalation_budget=s.escalation_budget,
                    fallback=False, say=lambda m: print(m, file=sys.stderr, flush=True))
 

@@ -1,4 +1,5 @@
-"""Choosing and sharing a sentence embedder (MiniLM, or a static model distilled from it), and embedding many texts."""
+"""Choosing and sharing a sentence embedder (MiniLM in PyTorch or int8 ONNX Runtime, or a static model distilled
+from it), and embedding many texts."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Protocol
 import numpy as np
 import structlog
 
+from . import onnx_minilm
 from .minilm import Embedder
 from .static_embedder import load_or_distill
 
@@ -57,6 +59,61 @@ def shared_embedder(
         if key not in _shared:
             _shared[key] = make_embedder(kind, models_dir, model_path)
         return _shared[key]
+
+
+PIPELINE_CHOICES = ("auto", "onnx-int8", "torch")
+
+log = structlog.get_logger("embedder")
+
+
+def pipeline_embedder(choice: str, models_dir: str | Path, *, build: bool = False,
+                      min_cosine: float = onnx_minilm.DEFAULT_MIN_COSINE) -> TextEmbedder:
+    """The MiniLM the pipeline embeds with (ROUTING_EMBEDDER), one per process and choice:
+
+    - "torch": the PyTorch fp32 model;
+    - "onnx-int8": the int8 ONNX Runtime model under `<models_dir>/onnx-minilm/`, built there first when missing;
+    - "auto": the int8 model when one was built (at train / first start; `build=True` builds it), passed its check
+      against fp32 and measured faster than PyTorch on this machine at build time.
+
+    Whenever the int8 model cannot be used (missing, corrupt, failed its check, slower) it is PyTorch, and the
+    reason is logged (`embedder.fallback`)."""
+    if choice not in PIPELINE_CHOICES:
+        raise ValueError(f"unknown ROUTING_EMBEDDER {choice!r}; expected one of {PIPELINE_CHOICES}")
+    key = ("pipeline:" + choice, str(Path(models_dir).resolve()), "")
+    with _shared_lock:
+        if key in _shared:
+            return _shared[key]
+    chosen = shared_embedder() if choice == "torch" else _int8_or_torch(choice, models_dir, build, min_cosine)
+    with _shared_lock:
+        return _shared.setdefault(key, chosen)
+
+
+def _int8_or_torch(choice: str, models_dir: str | Path, build: bool, min_cosine: float) -> TextEmbedder:
+    reason = None
+    path = onnx_minilm.latest(models_dir)
+    if path is None and (build or choice == "onnx-int8"):
+        log.info("embedder.onnx_building", models_dir=str(models_dir), note="one-off: export, quantize, check")
+        try:
+            path = onnx_minilm.build(models_dir, shared_embedder(), min_cosine=min_cosine, log=log)
+        except Exception as exc:  # export or quantization broke: serve with PyTorch
+            reason = f"building the int8 model failed: {type(exc).__name__}: {exc}"
+    if path is None:
+        reason = reason or f"no int8 model built yet under {models_dir} (built at train or first start)"
+    else:
+        try:
+            onnx = onnx_minilm.OnnxEmbedder(path)
+        except onnx_minilm.OnnxUnusable as exc:
+            reason = f"{path.name}: {exc}"
+        else:
+            rates = onnx.meta.get("rates") or {}
+            faster = rates.get("onnx_int8_texts_per_s", 0) > rates.get("torch_fp32_texts_per_s", float("inf"))
+            if choice == "onnx-int8" or faster:
+                log.info("embedder.chosen", embedder=onnx.name, path=str(path), check=onnx.meta.get("check"),
+                         rates=rates)
+                return onnx
+            reason = f"{path.name} measured no faster than PyTorch here at build ({rates})"
+    log.warning("embedder.fallback", wanted=choice, using="torch", reason=reason)
+    return shared_embedder()
 
 
 def embed_texts(texts: Sequence[str], embedder: TextEmbedder, progress: bool = True) -> np.ndarray:

@@ -21,7 +21,7 @@ from ..infra.scripts import now_ms
 from ..metrics import MODEL_INFO, observe_steps
 from ..models import cascade
 from ..models.classifier import Classifier, latest_model
-from ..models.embedder import shared_embedder
+from ..models.embedder import pipeline_embedder
 from ..models.fallback import latest_fallback
 
 log = structlog.get_logger("enrich")
@@ -46,7 +46,8 @@ class EnrichStage(Stage):
     async def setup(self, ctx: StageContext) -> None:
         self.scripts = ctx.scripts
         self.breaker = Breaker.for_fallback(ctx.r, self.settings, self.keys)
-        self.embedder = await asyncio.to_thread(shared_embedder)
+        self.embedder = await asyncio.to_thread(pipeline_embedder, self.settings.embedder, self.settings.models_path,
+                                                min_cosine=self.settings.embedder_min_cosine)
         if self.classifier is None:
             path = latest_model(self.settings.models_path)
             if path is None:
