@@ -146,14 +146,16 @@ def _labelled_data(args, s: Settings):
 
 def cmd_train(args, s: Settings) -> int:
     from .domain.teams import load_teams
-    from .models.embedder import shared_embedder
+    from .models.embedder import pipeline_embedder
     from .models.training import train_and_save
 
     data, texts, labels = _labelled_data(args, s)
     if data is None:
         return 2
     print(f"training on {len(texts)} rows, {len(set(labels))} labels from {data}", file=sys.stderr)
-    train_and_save(texts, labels, s.models_path, shared_embedder(), teams=load_teams(s.team_map or None),
+    # the embedder the pipeline will use (ROUTING_EMBEDDER), the int8 model built first when it is missing
+    embedder = pipeline_embedder(s.embedder, s.models_path, build=True, min_cosine=s.embedder_min_cosine)
+    train_and_save(texts, labels, s.models_path, embedder, teams=load_teams(s.team_map or None),
                    source=data, target_precision=s.target_precision, escalation_budget=s.escalation_budget,
                    fallback=not args.no_fallback, epochs=args.epochs, max_seq_length=args.max_seq_length,
                    say=lambda m: print(m, flush=True), device=args.device)
