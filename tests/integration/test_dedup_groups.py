@@ -95,6 +95,11 @@ async def test_two_groups_of_one_storm_converge_into_one_incident_and_one_page(g
 
     inc = await rec_read.get_incident(r, k, "r0")
     assert inc["status"] == "merged" and inc["merged_into"] == "l0"
+    from routing_engine.infra import operations
+
+    res = await operations.resolve_incident(r, k, Scripts(r, s, k), "r0")  # the old id resolves the survivor
+    assert res.outcome == "resolved" and res.incident_id == "l0"
+    assert (await r.hget(k.group("l0"), "status")) == b"resolved"
 
 
 async def test_a_merge_that_reaches_k_opens_one_incident_for_both(grouping_settings, r):

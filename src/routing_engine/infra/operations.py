@@ -42,6 +42,7 @@ class IncidentResolved:
     outcome: str  # resolved | already | missing | not_incident
     tickets: int
     agents: list[str]
+    incident_id: str = ""  # the incident resolved: the one asked for, or the one it was merged into
 
 
 def _s(v) -> str:
@@ -97,7 +98,7 @@ async def resolve_incident(r: aioredis.Redis, k: Keys, scripts: Scripts, gid: st
         if _s(outcome) != "stale":
             if _s(outcome) == "resolved":
                 await fill_after(r, k, scripts, "incident resolved")
-            return IncidentResolved(_s(outcome), int(n), [_s(a) for a in agents])
+            return IncidentResolved(_s(outcome), int(n), [_s(a) for a in agents], gid)
     raise Contended(f"incident {gid!r} kept changing while being resolved; try again")
 
 

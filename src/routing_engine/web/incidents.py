@@ -36,5 +36,5 @@ async def resolve_incident(request: web.Request) -> web.Response:
         raise NotFound(f"no incident {gid!r}")
     if outcome == "not_incident":
         raise Conflict(f"group {gid!r} never became a master incident")
-    return jresponse({"incident_id": gid, "status": "resolved", "already_resolved": outcome == "already",
-                      "tickets_resolved": n, "agents_freed": agents})
+    return jresponse({"incident_id": res.incident_id or gid, "status": "resolved",
+                      "already_resolved": outcome == "already", "tickets_resolved": n, "agents_freed": agents})

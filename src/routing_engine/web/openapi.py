@@ -125,11 +125,13 @@ def openapi_doc() -> dict:
             "/v1/incidents": {"get": {"summary": "Master incidents, newest first",
                                       "responses": {"200": _json("Incidents")}}},
             "/v1/incidents/{incident_id}": {"get": {
-                "summary": "One incident with its members",
+                "summary": "One incident with its members (an incident merged into another one of the same storm: "
+                           "status `merged`, `merged_into` names the surviving incident)",
                 "parameters": [{"name": "incident_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": _json("Incident"), "404": _ERR}}},
             "/v1/incidents/{incident_id}/resolve": {"post": {
-                "summary": "Resolve a master incident and every routed ticket in it (frees their agents' slots)",
+                "summary": "Resolve a master incident and every routed ticket in it (frees their agents' slots); a "
+                           "merged incident's id resolves the incident it was merged into",
                 "parameters": [{"name": "incident_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": _json("Resolved"), "404": _ERR, "409": _ERR}}},
             "/v1/events": {"get": {
