@@ -636,9 +636,10 @@ async def run_flood(scenario, planned: list, settings, opts: Options, embedder=N
     anchors: dict = {}
     if opts.ceiling or opts.baseline:
         if embedder is None:
-            from routing_engine.models.embedder import shared_embedder
+            from routing_engine.models.embedder import pipeline_embedder
 
-            embedder = shared_embedder()
+            embedder = pipeline_embedder(settings.embedder, settings.models_path,
+                                         min_cosine=settings.embedder_min_cosine)
     if opts.ceiling:
         step = max(1, len(planned) // opts.ceiling_max)
         texts = [ticket_text(p.ticket) for p in planned[::step]][: opts.ceiling_max]
@@ -672,6 +673,7 @@ async def run_flood(scenario, planned: list, settings, opts: Options, embedder=N
         anchors["baseline"] = naive_baseline(sub, embedder, clf, settings.dedup_tau, settings.dedup_window_s,
                                              settings.urgent_threshold, opts.baseline_budget_s)
     report["ceiling_texts_per_s"] = anchors.get("ceiling", {}).get("texts_per_s")
+    report["embedder"] = getattr(embedder, "name", None)
     report["ceiling"] = anchors.get("ceiling")
     report["baseline"] = anchors.get("baseline")
     report["baseline_tickets_per_s"] = anchors.get("baseline", {}).get("tickets_per_s")
@@ -756,9 +758,10 @@ def main(argv: list[str] | None = None) -> int:
         scenario.seed = args.seed
     rows = sc_mod.load_rows(scenario.data)
     ensure_model(settings)  # trains the default model on first use (and says so)
-    from routing_engine.models.embedder import shared_embedder
+    from routing_engine.models.embedder import pipeline_embedder
 
-    embedder = shared_embedder()
+    # the ceiling and the baseline use the embedder the workers use (ROUTING_EMBEDDER)
+    embedder = pipeline_embedder(settings.embedder, settings.models_path, min_cosine=settings.embedder_min_cosine)
     planned, capacity = plan(args, scenario, rows, embedder)
     opts = Options(door=args.door, workers=args.workers, fast=args.fast, http_batch=args.http_batch,
                    http_concurrency=args.http_concurrency, baseline=not args.no_baseline,
