@@ -93,6 +93,12 @@ class Stage:
     """Base for a pipeline stage. Subclasses set `name` (a key of STAGE_INPUTS) and implement process()."""
 
     name: str = "stage"
+    # True: a batch's commit runs while the next batch is read and processed (commits stay in order). For a stage
+    # whose process() spends its time off the event loop (enrich embeds in a worker thread).
+    overlap_commit: bool = False
+    # > 0: a batch read short of batch_size waits up to this many ms for more entries (one XREADGROUP per arrival);
+    # never when the batch holds an entry of a priority lane.
+    batch_deadline_ms: float = 0.0
 
     @property
     def inputs(self) -> list[str]:
@@ -143,6 +149,7 @@ class StageRunner:
         self._trouble: str | None = None  # the Redis trouble being waited out: logged once per episode
         self._trouble_since = 0.0
         self._group_lost = False
+        self._committing: asyncio.Task | None = None  # the previous batch's commit, with overlap_commit
 
     async def ensure_group(self) -> None:
         """Create the consumer group on each input where it is missing, and this consumer in it."""
@@ -182,7 +189,10 @@ class StageRunner:
         try:
             await self.stage.setup(StageContext(self.r, self.scripts, self.consumer))
             log.info("stage.started", stage=self.stage.name, consumer=self.consumer, streams=self.stage.inputs)
-            await self._loop()
+            try:
+                await self._loop()
+            finally:
+                await self._settle()
         finally:
             try:  # also after a failed setup: whatever it opened is closed before a supervisor builds a new one
                 await self.stage.close()
@@ -237,7 +247,27 @@ class StageRunner:
         if entries:
             # an empty read only waited out BLOCK: not time spent on work
             STEP_SECONDS.labels(self.stage.name, "read").observe(time.perf_counter() - t)
-            await self.handle(entries)
+            if self.stage.batch_deadline_ms > 0:
+                entries += await self._top_up(entries)
+            await self.handle(entries, overlap=self.stage.overlap_commit)
+
+    async def _top_up(self, entries: list[Entry]) -> list[Entry]:
+        """Adaptive batching: a short batch waits up to batch_deadline_ms for more (what arrives meanwhile joins
+        it, up to batch_size). A batch holding a priority-lane entry goes at once."""
+        more: list[Entry] = []
+        if len(self.stage.inputs) > 1 and any(e.stream != self.stage.input for e in entries):
+            return more
+        deadline = time.monotonic() + self.stage.batch_deadline_ms / 1000
+        while len(entries) + len(more) < self.s.batch_size and (left := deadline - time.monotonic()) > 0:
+            resp = await self.r.xreadgroup(
+                self.group, self.consumer, {stream: ">" for stream in self.stage.inputs},
+                count=self.s.batch_size - len(entries) - len(more), block=max(1, int(left * 1000)),
+            )
+            got = self._entries(resp)
+            if not got:
+                break
+            more += got
+        return more
 
     # ---- waiting out Redis
 
@@ -350,7 +380,15 @@ class StageRunner:
 
     # ---- one batch: decode, process, commit
 
-    async def handle(self, entries: list[Entry]) -> None:
+    async def _settle(self) -> None:
+        """Wait for the previous batch's commit (overlap_commit): its errors surface here, in the stage's loop."""
+        task, self._committing = self._committing, None
+        if task is not None:
+            await task
+
+    async def handle(self, entries: list[Entry], overlap: bool = False) -> None:
+        """Decode, process and commit one batch. With `overlap` the commit is left running (the next batch's read
+        and process go on meanwhile); the next batch's commit, or the loop's end, waits for it first."""
         t0 = time.perf_counter()
         ok: list[Entry] = []
         dead: list[Outcome] = []
@@ -370,9 +408,18 @@ class StageRunner:
         t1 = time.perf_counter()
         outcomes = await self._patiently(lambda: self._process(ok))
         t2 = time.perf_counter()
+        await self._settle()  # commits stay in order
+        steps = {"decode": t1 - t0, "process": t2 - t1}
+        if overlap:
+            self._committing = asyncio.create_task(self._commit_batch_of(outcomes, len(entries), t0, steps))
+        else:
+            await self._commit_batch_of(outcomes, len(entries), t0, steps)
+
+    async def _commit_batch_of(self, outcomes: list[Outcome], size: int, t0: float, steps: dict) -> None:
+        t = time.perf_counter()
         await self.commit(outcomes)
-        observe_steps(self.stage.name, {"decode": t1 - t0, "process": t2 - t1, "commit": time.perf_counter() - t2})
-        BATCH_SIZE.labels(self.stage.name).observe(len(entries))
+        observe_steps(self.stage.name, {**steps, "commit": time.perf_counter() - t})
+        BATCH_SIZE.labels(self.stage.name).observe(size)
         BATCH_SECONDS.labels(self.stage.name).observe(time.perf_counter() - t0)
 
     async def _process(self, entries: list[Entry]) -> list[Outcome]:

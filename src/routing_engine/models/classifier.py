@@ -53,6 +53,7 @@ class Classifier:
         self.meta = dict(meta or {})
         self.linear = linear            # (W [dim, classes], b [classes]) of the pooled logistic regression
         self.ood_bank = ood_bank        # L2-normalised training embeddings (float16), for ood_similarity
+        self._bank32: np.ndarray | None = None  # the same in float32, made once: not on every batch
         self.lexical = lexical          # n-gram TF-IDF regression over the raw text, pooled when texts are given
 
     @property
@@ -116,7 +117,9 @@ class Classifier:
             emb = emb[None, :]
         if self.ood_bank is None or len(emb) == 0:
             return np.ones(len(emb), dtype=np.float64)
-        return knn_similarity(emb, self.ood_bank, int(self.meta.get("ood_k", OOD_K)))
+        if self._bank32 is None:
+            self._bank32 = np.ascontiguousarray(self.ood_bank, dtype=np.float32)
+        return knn_similarity(emb, self._bank32, int(self.meta.get("ood_k", OOD_K)))
 
     def predict(self, emb: np.ndarray, texts: Sequence[str] | None = None,
                 timings: dict[str, float] | None = None) -> list[Prediction]:

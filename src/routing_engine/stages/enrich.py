@@ -36,9 +36,11 @@ def classified_event(enrich: dict) -> bytes:
 
 class EnrichStage(Stage):
     name = "enrich"
+    overlap_commit = True  # a batch commits while the next one embeds in the worker thread
 
     def __init__(self, settings, keys, classifier: Classifier | None = None):
         super().__init__(settings, keys)
+        self.batch_deadline_ms = settings.batch_deadline_ms
         self.classifier = classifier
         self._checked = 0.0
         self._has_fallback = False
