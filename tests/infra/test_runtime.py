@@ -69,3 +69,87 @@ async def test_replies_pair_with_outcomes_and_every_entry_is_acked(settings, r):
 
 async def _ready(stage):
     return len(stage.replies) == 5
+
+
+class Overlapping(Stage):
+    """Commits overlap the next batch's processing: each batch appends its ids to one list in Redis (RPUSH), and
+    process() records how many batches were committed when it started."""
+
+    name = "route"
+    overlap_commit = True
+
+    def __init__(self, settings, keys):
+        super().__init__(settings, keys)
+        self.seen_committed: list[int] = []
+        self.committed = 0
+
+    async def setup(self, ctx):
+        self.r = ctx.r
+
+    async def process(self, entries):
+        self.seen_committed.append(self.committed)
+        await asyncio.sleep(0.05)  # work off the loop: the previous batch's commit runs meanwhile
+        return [Outcome(e, writes=[Write.cmd("RPUSH", f"{self.keys.base}:order", e.id)]) for e in entries]
+
+    async def after_commit(self, outcomes, results):
+        await asyncio.sleep(0.1)  # a slow commit: the next batch is read and processed meanwhile
+        self.committed += 1
+
+
+async def test_overlapped_commits_stay_in_order_and_the_last_one_lands_before_stop(settings, r):
+    from dataclasses import replace
+
+    k = Keys(settings.prefix)
+    stage = Overlapping(replace(settings, batch_size=4), k)
+    ids = [await r.xadd(k.deduped, {"n": str(i)}) for i in range(18)]
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_stages(r, [stage], "w1", stop))
+    try:
+        await wait_for(lambda: _all_pushed(r, k, len(ids)), timeout=20)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert [x.decode() for x in await r.lrange(f"{k.base}:order", 0, -1)] == [i.decode() for i in ids]
+    info = (await r.xinfo_groups(k.deduped))[0]
+    assert info["pending"] == 0 and info["lag"] == 0
+    # the 2nd batch was processed while the 1st one's commit was still running (one after the other: [0, 1])
+    assert stage.seen_committed[:2] == [0, 0] and stage.committed == len(stage.seen_committed) == 5
+
+
+async def test_a_short_batch_waits_for_more_up_to_the_deadline(settings, r):
+    from dataclasses import replace
+
+    k = Keys(settings.prefix)
+    stage = Overlapping(replace(settings, batch_size=8), k)
+    stage.batch_deadline_ms = 400.0
+    sizes: list[int] = []
+    process = stage.process
+
+    async def sized(entries):
+        sizes.append(len(entries))
+        return await process(entries)
+
+    stage.process = sized
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_stages(r, [stage], "w1", stop))
+    try:
+        await wait_for(lambda: _has_consumer(r, k), timeout=10)
+        for i in range(3):  # three arrivals 50 ms apart, within one deadline: one batch
+            await r.xadd(k.deduped, {"n": str(i)})
+            await asyncio.sleep(0.05)
+        await wait_for(lambda: _all_pushed(r, k, 3), timeout=10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert sizes == [3]
+
+
+async def _all_pushed(r, k, n):
+    return await r.llen(f"{k.base}:order") == n
+
+
+async def _has_consumer(r, k):
+    try:
+        return bool(await r.xinfo_consumers(k.deduped, "route"))
+    except Exception:
+        return False
