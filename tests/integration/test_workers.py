@@ -113,22 +113,38 @@ async def test_sigkilled_worker_entries_are_reclaimed_by_another(settings, r, tm
             b.kill(sig=15)
 
 
-async def test_dedup_reads_other_workers_entries_only_while_they_are_live(settings, r):
-    """A lone dedup worker skips reading its own output back; with a second live consumer it reads again."""
+async def test_dedup_reads_back_only_what_other_workers_decided(settings, r):
+    """A dedup worker never reads its own decisions back from the shared log (its tail moves past them when it
+    commits); what another worker decided it replays, and both then hold the same groups."""
+    import numpy as np
+
+    from routing_engine.domain.messages import Enriched
+    from routing_engine.domain.ticket import Ticket
     from routing_engine.infra.keys import Keys
-    from routing_engine.infra.runtime import StageContext
+    from routing_engine.infra.runtime import Entry, StageContext
     from routing_engine.infra.scripts import Scripts
     from routing_engine.stages.dedup import DedupStage
 
     k = Keys(settings.prefix)
-    await r.xgroup_create(k.enriched, "dedup", id="0", mkstream=True)
-    stage = DedupStage(settings, k)
-    await stage.setup(StageContext(r, Scripts(r, settings, k), "w1"))
-    # (a consumer appears in the group once a read hands it an entry)
-    await r.xadd(k.enriched, {"data": "{}"})
-    await r.xreadgroup("dedup", "w1", {k.enriched: ">"}, count=1)
-    last = await r.xadd(k.deduped, {"ticket_id": "t-own"})
-    assert await stage._alone() and stage._tail == last.decode()
-    await r.xadd(k.enriched, {"data": "{}"})
-    await r.xreadgroup("dedup", "w2", {k.enriched: ">"}, count=1)  # a second worker starts reading
-    assert not await stage._alone()
+
+    def batch(*ids):
+        v = np.ones(4, dtype=np.float32) / 2
+        msgs = [Enriched(Ticket(t, subject="card", body="broken"), 0,
+                         {"category": "atm", "team": "cards", "urgency": 0.1, "urgent": False}, v) for t in ids]
+        return [Entry(f"{n + 1}-0", m.to_fields(), k.enriched, m) for n, m in enumerate(msgs)]
+
+    w1, w2 = DedupStage(settings, k), DedupStage(settings, k)
+    for name, st in (("w1", w1), ("w2", w2)):
+        await st.setup(StageContext(r, Scripts(r, settings, k), name))
+    await w1.process(batch("a", "b"))
+    last = (await r.xrevrange(k.dedup_log, count=1))[0][0].decode()
+    assert w1._tail == last and w1.seq == 2
+    applied = []
+    w1.grouper.apply = lambda *a, **kw: applied.append(a[0])  # nothing of its own comes back
+    await w1._catch_up()
+    assert applied == []
+    del w1.grouper.apply
+    await w2.process(batch("c"))  # w2 replays a and b first, then c joins their group
+    assert w2.grouper.group_of_ticket("c") == "a" and w2.seq == 3
+    await w1._catch_up()
+    assert w1.grouper.group_of_ticket("c") == "a" and w1.seq == 3
