@@ -214,3 +214,14 @@ async def test_two_dedup_workers_under_load_one_storm_one_incident(grouping_sett
     assert len(await alerts_of(r, k, "incident.opened")) == 1
     assert int(await r.get(k.dedup_seq)) == 90  # each ticket decided once
     assert all(handled), handled  # both workers grouped part of the storm
+
+
+async def test_a_dedup_worker_starts_over_when_redis_lost_the_decision_log(grouping_settings, r):
+    s, k = grouping_settings, Keys(grouping_settings.prefix)
+    a = await _stage(s, r, "a")
+    await a.process(entries([enriched(f"s{i}", unit(1, 0.01 * i)) for i in range(3)]))
+    assert a.seq == 3
+    await r.delete(k.dedup_seq, k.dedup_log)  # a Redis without persistence restarted
+    await a.process(entries([enriched(f"t{i}", unit(0, 1, 0.01 * i)) for i in range(2)]))
+    assert a.seq == 2 and a.retries == 1
+    assert (await r.hget(k.ticket("t1"), "group")) == b"t0"

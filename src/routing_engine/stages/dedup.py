@@ -65,6 +65,7 @@ class DedupStage(Stage):
         self.seq = 0  # the last decision of the shared log this worker has applied
         self._tail = "0-0"
         self.retries = 0  # batches decided again because another worker committed first (for tests, logs)
+        self._lost = False
 
     async def setup(self, ctx: StageContext) -> None:
         self.r = ctx.r
@@ -74,6 +75,13 @@ class DedupStage(Stage):
         self._tail = f"{int((time.time() - self.settings.dedup_window_s) * 1000)}-0"
         await self._catch_up()
         self.seq = max(self.seq, seq)
+
+    def _start_over(self) -> None:
+        """Forget the window and read it back from the log (Redis lost the sequence this worker was at)."""
+        log.warning("dedup.log_lost", seq=self.seq)
+        self.grouper = Grouper(self.rule, incident_k=self.settings.incident_k)
+        self.index, self.seq, self._lost = None, 0, False
+        self._tail = f"{int((time.time() - self.settings.dedup_window_s) * 1000)}-0"
 
     def _add(self, tid: str, vec: np.ndarray, ts: float) -> None:
         if self.index is None:
@@ -151,6 +159,8 @@ class DedupStage(Stage):
                 break
             self.grouper.rollback()
             self.retries += 1
+            if self._lost:
+                self._start_over()
             await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
         else:
             raise RuntimeError(f"dedup batch lost the race {MAX_TRIES} times in a row")
@@ -221,6 +231,8 @@ class DedupStage(Stage):
                 expected_seq=self.seq, tickets=tickets, groups=[(g, max(e, -1)) for g, e in groups.items()],
                 members=members, log_min_ms=int((time.time() - self.settings.dedup_window_s - LOG_MARGIN_S) * 1000))
             if _s(reply[0]) == "stale":
+                # the sequence went backwards: Redis lost its data (restarted without persistence)
+                self._lost = int(reply[1]) < self.seq
                 return None
             self.seq, self._tail = int(reply[1]), _s(reply[2])
             now = time.time()
