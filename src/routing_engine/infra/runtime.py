@@ -192,7 +192,8 @@ class StageRunner:
             try:
                 await self._loop()
             finally:
-                await self._settle()
+                with contextlib.suppress(Stopping):  # stopped while Redis was away: that batch stays pending
+                    await self._settle()
         finally:
             try:  # also after a failed setup: whatever it opened is closed before a supervisor builds a new one
                 await self.stage.close()
