@@ -180,9 +180,9 @@ def policy_for_precision(
 
 
 BLENDS = (0.0, 0.25, 0.5, 0.75)
-# Escalation budgets tried, as shares of tickets, up to the configured ceiling (and 0: never escalate). The cheapest budget within
-# BUDGET_TOLERANCE of the best validation accuracy wins: a point of accuracy is worth escalating for, a tenth
-# of a point on ~1,000 holdout rows (one ticket) is noise and not worth the fallback's time.
+# Escalation budgets tried, as shares of tickets, up to the configured ceiling (and 0: never escalate). The
+# cheapest budget within BUDGET_TOLERANCE of the best validation accuracy wins: a point of accuracy is worth
+# escalating for, a tenth of a point on ~1,000 holdout rows (one ticket) is noise, not worth the fallback's time.
 BUDGETS = (0.05, 0.10, 0.15, 0.20, 0.25)
 BUDGET_TOLERANCE = 0.001
 
