@@ -79,6 +79,30 @@ def _parser() -> argparse.ArgumentParser:
     ra.add_argument("--since", default="-", help="first {prefix}:dead entry id to look at (default: all)")
     ra.add_argument("--dry-run", action="store_true", help="only list what would be replayed")
 
+    rp = add("replay", "what-if: re-run recorded tickets under changed settings and show what would differ",
+             "Re-run the tickets recorded on the live prefix (its ticket records, oldest first; or a JSONL export of "
+             "GET /v1/tickets/{id} records) through the real pipeline stages on a scratch key prefix, with the "
+             "settings given by --set changed, then print what differs from what happened: groups, incidents (and "
+             "where their tickets went), categories, teams, assignees. Tickets are paced as they came (gaps divided "
+             "by --speed; a gap longer than the dedup window is cut to it), so window and storm rules see the same "
+             "traffic. Nothing is sent out (no alerts stage), the live prefix is only read, and the scratch prefix "
+             "is deleted afterwards. Agents are the live ones as configured now, all idle at the start, so assignee "
+             "changes show the new rules' routing, not a prediction of the old load. Requires REDIS_URL.",
+             )
+    rp.add_argument("--set", action="append", default=[], metavar="ROUTING_X=VALUE",
+                    help="a setting to change for the replay, as its env var (repeatable), e.g. ROUTING_DEDUP_TAU=0.8")
+    rp.add_argument("--from-prefix", help="the live prefix to read (default ROUTING_PREFIX)")
+    rp.add_argument("--file", help="replay this JSONL export instead of the live prefix's records")
+    rp.add_argument("--since", type=float, help="only tickets received after this Unix time (seconds)")
+    rp.add_argument("--until", type=float, help="only tickets received before this Unix time (seconds)")
+    rp.add_argument("--limit", type=int, default=0, help="at most N tickets (the oldest in range)")
+    rp.add_argument("--speed", type=float, default=1.0,
+                    help="divide the recorded gaps by this (default 1: real time; 'inf' posts all at once, which "
+                         "squeezes the traffic into less time than the rules saw)")
+    rp.add_argument("--timeout", type=float, default=120.0, help="give up after this long without progress (s)")
+    rp.add_argument("--keep", action="store_true", help="keep the scratch prefix to look at it (API with its prefix)")
+    rp.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
     t = add("train", "train the fast path (LightGBM) and the transformer fallback; write versioned artifacts",
             "Embed labelled texts with all-MiniLM-L6-v2 and train the LightGBM fast path on them (pooled with a "
             "logistic regression, temperature-calibrated), then fine-tune MiniLM end to end as the fallback for "
@@ -213,6 +237,43 @@ def cmd_replay_alerts(args, s: Settings) -> int:
     return 0
 
 
+def cmd_replay(args, s: Settings) -> int:
+    import json
+
+    from . import service
+    from .infra.replay import format_comparison
+
+    changes = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            print(f"--set {item!r}: expected ROUTING_NAME=VALUE", file=sys.stderr)
+            return 2
+        changes[name.strip()] = value.strip()
+    try:
+        s.overridden(changes)
+    except ValueError as exc:
+        print(f"--set: {exc}", file=sys.stderr)
+        return 2
+    if args.speed <= 0:
+        print("--speed must be above 0", file=sys.stderr)
+        return 2
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
+    result = asyncio.run(service.replay(
+        s, changes, source_prefix=args.from_prefix, export=args.file,
+        since_ms=int(args.since * 1000) if args.since is not None else None,
+        until_ms=int(args.until * 1000) if args.until is not None else None,
+        limit=args.limit or None, speed=args.speed, timeout_s=args.timeout, keep=args.keep, say=say))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        what = ", ".join(f"{a}={b}" for a, b in changes.items()) or "no changes (a control run)"
+        print(format_comparison(result, f"\nreplay of {result['tickets']} tickets from {result['source']} with {what}"))
+        if result["skipped"]:
+            print(f"skipped (invalid): {len(result['skipped'])}, e.g. {result['skipped'][0]}")
+    return 0
+
+
 def cmd_serve(args, s: Settings) -> int:
     # the service (stages, models, web) is imported only for the commands that run it: see STAGE_NAMES
     from . import service
@@ -275,11 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     if refusal:  # before training or starting anything: a token must be set to serve beyond loopback
         print(refusal, file=sys.stderr)
         return 2
-    if args.cmd in ("api", "worker", "replay-alerts") and not s.redis_url:
+    if args.cmd in ("api", "worker", "replay-alerts", "replay") and not s.redis_url:
         print(f"{args.cmd} needs REDIS_URL (only `routing-engine up` starts an embedded Redis)", file=sys.stderr)
         return 2
     if args.cmd == "replay-alerts":
         return cmd_replay_alerts(args, s)
+    if args.cmd == "replay":
+        return cmd_replay(args, s)
     return cmd_serve(args, s)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 
@@ -101,6 +101,22 @@ class Settings:
             values[f.name] = _env(f.metadata["env"], default, cast) if f.name != "redis_url" else os.environ.get("REDIS_URL") or None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def overridden(self, assignments: dict[str, str]) -> Settings:
+        """A copy with env-style assignments applied ({"ROUTING_DEDUP_TAU": "0.8"}): what `replay --set` changes.
+        Unknown names and values of the wrong type raise ValueError naming them."""
+        by_env = {f.metadata["env"]: f for f in fields(Settings)}
+        values = {}
+        for name, raw in assignments.items():
+            f = by_env.get(name)
+            if f is None:
+                raise ValueError(f"unknown setting {name!r}; `routing-engine --help` lists them")
+            cast = {int: int, float: float, bool: bool}.get(type(f.default), str)
+            try:
+                values[f.name] = (str(raw).strip().lower() in ("1", "true", "yes", "on")) if cast is bool else cast(raw)
+            except ValueError:
+                raise ValueError(f"{name}={raw!r}: expected {cast.__name__}") from None
+        return replace(self, **values)
 
     @property
     def tokens_configured(self) -> bool:

@@ -228,3 +228,100 @@ async def demo(s: Settings, plan, *, linger_s: float = 60.0, agents_file: str | 
     finally:
         await r.aclose()
         log.info("shutdown.complete")
+
+
+async def replay(s: Settings, changes: dict[str, str], *, source_prefix: str | None = None,
+                 export: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
+                 limit: int | None = None, speed: float = 1.0, timeout_s: float = 600.0, keep: bool = False,
+                 say=print) -> dict:
+    """`routing-engine replay`: re-run recorded tickets under `changes` (env-style settings) through the real
+    pipeline stages on a scratch prefix, then compare what happened with what happens now. Nothing is sent out
+    (no alerts stage) and the live prefix is only read. Returns infra.replay.compare's dict plus the run's facts."""
+    import secrets
+
+    from .domain.idempotency import canonical_json
+    from .domain.ticket import validate
+    from .errors import InvalidTicket
+    from .infra import replay as rp
+    from .infra.agents import list_agents, load_agents_file, put_agent
+    from .infra.scripts import Scripts
+
+    changed = s.overridden(changes)  # raises on an unknown name or a bad value, before anything runs
+    r = aioredis.from_url(s.redis_url, health_check_interval=30)
+    await r.ping()
+    scratch = f"replay-{secrets.token_hex(4)}"
+    live = Keys(source_prefix or s.prefix)
+    try:
+        recorded = (rp.read_export(export) if export else
+                    await rp.read_recorded(r, live, since_ms=since_ms, until_ms=until_ms, limit=limit))
+        if limit:
+            recorded = recorded[:limit]
+        source = export or f"prefix {live.prefix!r}"
+        if not recorded:
+            raise SystemExit(f"replay: no recorded tickets in {source} (records live ROUTING_TICKET_TTL_S)")
+        s2 = replace(changed, prefix=scratch, alert_url="")
+        k2 = Keys(scratch)
+        agents = [] if export else await list_agents(r, live)
+        for a in agents:  # the live agents as configured now; their load starts at 0
+            await put_agent(r, k2, {x: a[x] for x in ("id", "name", "capacity", "skills", "active")})
+        if not agents:
+            await load_agents_file(r, k2, s2.agents_file or None)
+        offsets = rp.pacing([x.received_at for x in recorded], window_s=s2.dedup_window_s, speed=speed)
+        say(f"replay   {len(recorded)} tickets from {source} on scratch prefix {scratch!r} with "
+            f"{', '.join(f'{a}={b}' for a, b in changes.items()) or 'no changes'}; paced over "
+            f"{offsets[-1]:.0f} s (gaps / {speed:g}, any gap longer than the {s2.dedup_window_s} s window cut to it)")
+        scripts = Scripts(r, s2, k2)
+        loop = asyncio.get_running_loop()
+        skipped: list[dict] = []
+        async with running(s2, r, stages=PIPELINE_STAGES, consumer="replay") as run:
+            _stop_on_signals(run.stop)
+            t0 = loop.time()
+            for n, (rec, off) in enumerate(zip(recorded, offsets), 1):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.stop.wait(), max(0.0, t0 + off - loop.time()))
+                if run.stop.is_set():
+                    break
+                try:
+                    ticket = validate(rec.ticket, s2.max_text_chars)
+                except InvalidTicket as exc:
+                    skipped.append({"ticket_id": rec.ticket.get("id"), "reason": str(exc)})
+                    continue
+                await scripts.ingest(ticket_id=ticket.ticket_id, ticket_json=canonical_json(rec.ticket),
+                                     lane=scripts.lane(ticket))
+                if n % 500 == 0:
+                    say(f"replay   posted {n}/{len(recorded)}")
+            ids = [x.ticket_id for x in recorded if x.ticket_id not in {sk["ticket_id"] for sk in skipped}]
+            after = await _wait_done(r, k2, ids, run.stop, timeout_s, say)
+        result = rp.compare({x.ticket_id: x.outcome for x in recorded}, after)
+        result.update({"source": source, "scratch_prefix": scratch, "changes": changes, "speed": speed,
+                       "skipped": skipped, "kept_scratch": keep})
+        return result
+    finally:
+        if not keep:
+            await _delete_prefix(r, scratch)
+        await r.aclose()
+
+
+async def _wait_done(r: aioredis.Redis, k: Keys, ids: list[str], stop: asyncio.Event, timeout_s: float,
+                     say) -> dict[str, dict]:
+    """Outcomes once every ticket is past the route stage, or what there is at `timeout_s` without progress."""
+    from .infra import replay as rp
+
+    loop = asyncio.get_running_loop()
+    last, last_change = -1, loop.time()
+    while True:
+        async with r.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hget(k.ticket(i), "status")
+            statuses = await pipe.execute()
+        done = [i for i, st in zip(ids, statuses) if st is not None and st.decode() in rp.DONE]
+        if len(done) == len(ids) or stop.is_set():
+            break
+        if len(done) != last:
+            last, last_change = len(done), loop.time()
+        elif loop.time() - last_change > timeout_s:
+            say(f"replay   {len(ids) - len(done)} tickets unfinished after {timeout_s:.0f} s without progress")
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+    return await rp.outcomes(r, k, done)

@@ -15,6 +15,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from ..config import Settings
+from ..domain import urgency
 from ..domain.idempotency import body_hash
 from ..domain.ticket import STATUSES
 from ..resources import streams_dir
@@ -116,6 +117,11 @@ class Scripts:
                            orjson.dumps(summary), STATUS_LIST, *agent_ids])
 
     # ---- calls made directly (doors, operator actions, the runtime's dead letters)
+
+    def lane(self, ticket) -> str:
+        """Priority lane: text that already reads urgent (S from the text alone) skips the ingest queue."""
+        pre, _ = urgency.score(ticket.subject, ticket.body, "", 0.0)
+        return self.k.ingest_urgent if pre > self.s.urgent_threshold else self.k.ingest
 
     def ingest(self, *, ticket_id: str, ticket_json: bytes, lane: str, client=None):
         """ingest.lua: replies {stream_id, created (1 new, 0 duplicate, -1 id taken by another body), accepted

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..config import Settings
-from ..domain import urgency
 from ..domain.idempotency import body_hash, canonical_json
 from ..domain.ticket import STATUSES, Ticket, validate
 from ..errors import BadRequest, Conflict, IdConflict, InvalidTicket, NotFound, RoutingError
 from ..infra import operations, records
-from ..infra.keys import Keys
 from ..metrics import HTTP_TICKETS
 from . import durability
 from .admission import admit
@@ -20,17 +17,11 @@ from .state import STATE, state
 routes = web.RouteTableDef()
 
 
-def _lane(s: Settings, k: Keys, ticket: Ticket) -> str:
-    """Priority lane: text that already reads urgent (S from the text alone) skips the ingest queue."""
-    pre, _ = urgency.score(ticket.subject, ticket.body, "", 0.0)
-    return k.ingest_urgent if pre > s.urgent_threshold else k.ingest
-
-
 def _ingest_call(app: web.Application, body: bytes, ticket: Ticket, client=None):
     st = app[STATE]
     # the stream carries the client's object (canonical JSON); the enrich stage validates it again (same schema)
     return st.scripts.ingest(ticket_id=ticket.ticket_id, ticket_json=body,
-                             lane=_lane(st.settings, st.keys, ticket), client=client)
+                             lane=st.scripts.lane(ticket), client=client)
 
 
 def _conflict(ticket: Ticket, accepted: bytes, body: bytes) -> IdConflict:
