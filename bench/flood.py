@@ -556,6 +556,7 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
         kth = arrived[settings.incident_k - 1] if len(arrived) >= settings.incident_k else None
         info["detect_s"] = round((opened - kth) / 1000, 2) if opened is not None and kth is not None else None
         info["main_share"] = round(main[0][1] / len(tids), 4) if main else 0.0
+        info["main_group"] = main[0][0] if main else None
     windows = {}
     for sid in per_storm:
         rs = [x["received_at"] for x in recs if truth[x["id"]]["storm"] == sid]
@@ -579,6 +580,7 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
     grouping["per_storm"] = per_storm
     grouping["incidents_per_storm"] = {k: v["incidents"] for k, v in per_storm.items()}
     grouping["tau"], grouping["k"] = settings.dedup_tau, settings.incident_k
+    grouping.update(fr.background_in_storms(groups, truth, per_storm, got["incidents"]))
     span = (t_end - t0) / 1000 if recs else 0
     return {
         "scenario": scenario.name, "door": opts.door, "fast": opts.fast,

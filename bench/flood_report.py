@@ -63,6 +63,22 @@ def storm_groups(groups: dict[str, str], storms: dict[str, str | None], incident
     return out
 
 
+def background_in_storms(groups: dict[str, str], truth: dict[str, dict], per_storm: dict, incident_gids: set[str],
+                         ) -> dict:
+    """Background tickets inside a storm's main incident (the incident holding most of it), as a share of all
+    background; "wrongly" counts only those of other intents than the storm's (a background ticket of the storm's
+    own intent reports the same problem). Plus every incident of the run, and those holding no storm ticket."""
+    mains = {info.get("main_group"): info.get("intent") for info in per_storm.values()}
+    bg = [t for t, x in truth.items() if x["storm"] is None and t in groups]
+    inside = [t for t in bg if groups[t] in mains and groups[t] in incident_gids]
+    wrong = [t for t in inside if truth[t]["category"] != mains[groups[t]]]
+    stormy = {groups[t] for t, x in truth.items() if x["storm"] is not None and t in groups}
+    return {"background_in_storm_incidents": round(len(inside) / max(1, len(bg)), 4),
+            "background_wrongly_in_storm_incidents": round(len(wrong) / max(1, len(bg)), 4),
+            "background_wrongly_in_storm_incidents_n": len(wrong), "background_n": len(bg),
+            "incidents_total": len(incident_gids), "incidents_without_storm_tickets": len(incident_gids - stormy)}
+
+
 def accuracy(pred: dict[str, str | None], truth: dict[str, str], only: set[str] | None = None) -> dict:
     ids = [t for t in pred if pred[t] is not None and (only is None or t in only)]
     if not ids:
@@ -222,6 +238,11 @@ def table(rep: dict) -> str:
                                  f"{s['incidents']} incident(s), largest group {s['largest_group_share']:.0%}"
                                  + (f", detected {s['detect_s']} s after the K-th ticket"
                                     if s.get("detect_s") is not None else "")))
+    if "incidents_total" in g:
+        rows.append(("  incidents", f"{g['incidents_total']} in all, {g['incidents_without_storm_tickets']} with no "
+                                    f"storm ticket; background wrongly inside a storm's main incident "
+                                    f"{g['background_wrongly_in_storm_incidents']:.1%} "
+                                    f"({g['background_wrongly_in_storm_incidents_n']} of {g['background_n']})"))
     rows += [
         ("alerts", f"{rep['alerts_sent']} sent, {rep['alerts_suppressed']} suppressed"),
         ("routing", ", ".join(f"{k} {v}" for k, v in sorted(rep["routing"].items()))),

@@ -67,7 +67,7 @@ class Embeddings:
 
 def replay(planned: list, vecs: np.ndarray, top: list[list[tuple[str, float]]], rule: GroupingRule) -> dict:
     """Group every ticket in arrival order; returns ticket id -> final group, and the incident groups (K)."""
-    g = Grouper(rule)
+    g = Grouper(rule, incident_k=K)
     ids = [p.ticket["id"] for p in planned]
     times: list[float] = []
     opened: dict[str, float] = {}  # group -> when it reached K (seconds into the scenario)
@@ -85,7 +85,7 @@ def replay(planned: list, vecs: np.ndarray, top: list[list[tuple[str, float]]], 
         decisions[d.rule] += 1
         times.append(p.at_s)
         grp = g.groups[g.resolve(d.group)]
-        if grp.n >= K and grp.gid not in opened:
+        if grp.incident_ts is not None and grp.gid not in opened:  # the Grouper decides when an incident opens
             opened[grp.gid] = p.at_s
         for m in d.merged:  # an incident merged into another: the survivor carries it
             if m in opened:

@@ -3,17 +3,19 @@
 -- appended since (the sequence moved), nothing is written and the reply is {'stale', seq}: the worker reads
 -- the log again, rolls its decisions back and decides again. So decisions are linearised: each one was made
 -- knowing every decision before it, whichever worker made it (two workers racing on a new storm make one group).
--- Per ticket: it joins its group (the group may open a master incident at K and raise an alert, here, inside
--- the commit, so none is lost or sent twice by a crash), then the merges it caused are applied: the merged
--- group's members move to the survivor (lists and records re-pointed), its size adds up, an open incident of
--- the merged group is folded into the survivor's (or the survivor takes it over) with `incident.merged` on the
--- feed and no alert: nobody is paged twice. A merge that brings a group to K opens its one incident.
+-- Per ticket: it joins its group, then the merges it caused are applied: the merged group's members move to the
+-- survivor (lists and records re-pointed), its size adds up, an open incident of the merged group is folded into
+-- the survivor's (or the survivor takes it over) with `incident.merged` on the feed and no alert: nobody is paged
+-- twice. Then, when the worker's decision says so (`o`: the group is a storm by rate and holds K tickets, see
+-- models/grouping.py), the group opens its master incident and raises the alert, here, inside the commit, so none
+-- is lost or sent twice by a crash.
 -- KEYS: 1 sequence, 2 decision log stream, 3 incidents zset, 4 alerts stream, 5 events stream,
 --       6 .. 5+T: the tickets' records, then per group G (in the order of ARGV's group list): hash, members list,
 --       then one record key per member id listed in ARGV (members of merged groups from before this batch)
--- ARGV: 1 expected sequence, 2 now_ms, 3 K, 4 ttl_s, 5 events maxlen, 6 log MINID (ms), 7 T, 8 G, 9 M,
+-- ARGV: 1 expected sequence, 2 now_ms, 3 K (unused: the decision's `o` says), 4 ttl_s, 5 events maxlen, 6 log MINID (ms), 7 T, 8 G, 9 M,
 --       then G pairs (group id, members expected before the batch or -1 when not checked), then M member ids,
---       then T pairs (decision JSON {t, g, m: [[merged, survivor]...], u, team, sample, a: alert JSON}, embedding bytes)
+--       then T pairs (decision JSON {t, g, m: [[merged, survivor]...], u, team, sample, a: alert JSON,
+--       o: 1 when it opens the incident, d: the trail (d.storm: the storm test)}, embedding bytes)
 -- Returns {'ok', new sequence, last log entry id, per ticket {final group, size, incident 0/1, alert}}
 --      or {'stale', sequence now}
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -50,8 +52,11 @@ local function event(...)
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', evmax, '*', ...)
 end
 
-local function open_incident(gid, n, alert_json)
+local function open_incident(gid, n, alert_json, storm)
   redis.call('HSET', ghash[gid], 'incident', '1', 'opened_at', now)
+  if type(storm) == 'table' and storm['rate'] then
+    redis.call('HSET', ghash[gid], 'storm_rate', storm['rate'], 'storm_baseline', storm['baseline'] or '')
+  end
   redis.call('ZADD', KEYS[3], now, gid)
   redis.call('XADD', KEYS[4], '*', 'type', 'incident.opened', 'group', gid, 'size', n, 'data', alert_json)
 end
@@ -77,9 +82,6 @@ local function join(gid, spec, alert_json)
   if incident then
     if urgent then alert = 'suppressed' end
     evt = 'incident.grew'
-  elseif n >= K then
-    open_incident(gid, n, alert_json)
-    incident, alert, evt = true, 'incident', 'incident.opened'
   elseif urgent and n == 1 then
     redis.call('XADD', KEYS[4], '*', 'type', 'ticket.urgent', 'group', gid, 'size', n, 'data', alert_json)
     alert = 'sent'
@@ -90,7 +92,7 @@ local function join(gid, spec, alert_json)
   return n, incident, alert
 end
 
--- group m merges into group s; returns true when that opened s's incident (this ticket's alert)
+-- group m merges into group s (an open incident of m moves to s); returns false (opening is the decision's `o`)
 local function merge(m, s, alert_json)
   if redis.call('HGET', ghash[m], 'merged_into') then return false end
   local members = redis.call('LRANGE', gmem[m], 0, -1)
@@ -114,9 +116,6 @@ local function merge(m, s, alert_json)
       redis.call('ZADD', KEYS[3], v[1] or now, s)
       s_inc = true
     end
-  elseif not s_inc and n >= K then
-    open_incident(s, n, alert_json)
-    s_inc, opened = true, true
   end
   local inc = s_inc and '1' or '0'
   for _, id in ipairs(members) do
@@ -159,6 +158,11 @@ for i = 1, T do
     end
     local gid = final(spec['g'])
     local n = tonumber(redis.call('HGET', ghash[gid], 'size'))
+    if spec['o'] == 1 and not is_incident(gid) then
+      open_incident(gid, n, alert_json, spec['d'] and spec['d']['storm'])
+      event('type', 'incident.opened', 'ticket_id', spec['t'], 'group', gid, 'size', n)
+      alert = 'incident'
+    end
     local inc = is_incident(gid) and 1 or 0
     redis.call('HSET', rec, 'group', gid, 'group_size', n, 'incident', inc, 'alert', alert, 'grouped_seq', seq)
     out[i] = {gid, n, inc, alert}

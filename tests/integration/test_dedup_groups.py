@@ -36,9 +36,10 @@ def enriched(tid: str, vec: np.ndarray, category: str = "atm", urgent: bool = Fa
 
 @pytest.fixture
 def grouping_settings(settings):
-    # hand-made vectors: pairs join only when nearly equal, groups merge at 0.7
+    # hand-made vectors: pairs join only when nearly equal, groups merge at 0.7; these tests are about merges and
+    # races, so K alone opens an incident (storm_burst 0); the storm test by rate has its own tests below
     return dataclasses.replace(settings, dedup_tau=0.99, dedup_tau_category=0.95, dedup_tau_centroid=0.99,
-                               dedup_tau_centroid_category=0.95, dedup_tau_merge=0.7, incident_k=10)
+                               dedup_tau_centroid_category=0.95, dedup_tau_merge=0.7, incident_k=10, storm_burst=0.0)
 
 
 async def feed(r, k, msgs):
@@ -225,3 +226,108 @@ async def test_a_dedup_worker_starts_over_when_redis_lost_the_decision_log(group
     await a.process(entries([enriched(f"t{i}", unit(0, 1, 0.01 * i)) for i in range(2)]))
     assert a.seq == 2 and a.retries == 1
     assert (await r.hget(k.ticket("t1"), "group")) == b"t0"
+
+
+# ---- the storm test by rate (models/grouping.py): arrival times are the tickets' received_at, so no test waits
+
+T0 = time.time() - 3600  # the hour these streams are set in (seconds)
+
+
+def at(tid: str, vec: np.ndarray, t: float, category: str) -> Enriched:
+    m = enriched(tid, vec, category)
+    m.received_at = int((T0 + t) * 1000)
+    return m
+
+
+def background(t_from: float, t_to: float, tag: str = "b") -> list[Enriched]:
+    """Ordinary traffic: six intents, each a ticket every 2 s (3 tickets/s in all), each intent its own group."""
+    out, n = [], 0
+    t = t_from
+    while t < t_to:
+        for c in range(6):
+            v = np.zeros(DIM, dtype=np.float32)
+            v[2 + c], v[1] = 1.0, 0.001 * (n % 5)
+            out.append(at(f"{tag}{n:04d}", v / np.linalg.norm(v), t + c * 0.3, f"intent{c}"))
+            n += 1
+        t += 2.0
+    return out
+
+
+def burst(prefix: str, vec: np.ndarray, t_from: float, rate: float, n: int, category: str) -> list[Enriched]:
+    return [at(f"{prefix}{i:04d}", vec, t_from + i / rate, category) for i in range(n)]
+
+
+async def run_in_order(st, msgs: list[Enriched], batch: int = 64) -> None:
+    msgs = sorted(msgs, key=lambda m: m.received_at)
+    for i in range(0, len(msgs), batch):
+        await st.process(entries(msgs[i:i + batch]))
+
+
+@pytest.fixture
+def storm_settings(grouping_settings):
+    return dataclasses.replace(grouping_settings, storm_burst=4.0, storm_calm=2.0, storm_quiet_s=60.0,
+                               storm_tau_fringe=0.5, storm_fringe_ratio=0.1)
+
+
+async def test_calm_background_traffic_opens_no_incident_though_its_groups_reach_k(storm_settings, r):
+    s, k = storm_settings, Keys(storm_settings.prefix)
+    st = await _stage(s, r, "d1")
+    await run_in_order(st, background(0, 120))
+    sizes = [int((await r.hget(k.group(g), "size")).decode()) for g in ("b0000", "b0001")]
+    assert min(sizes) >= s.incident_k * 5  # K in the window, many times over: the seed's rule alone would page
+    assert await r.zcard(k.incidents) == 0
+    assert await alerts_of(r, k, "incident.opened") == []
+    trail = st.grouper.decisions["b0354"].storm
+    assert trail["state"] == "off" and trail["rule"] == "burst" and trail["size"] >= s.incident_k
+    assert trail["ratio"] < s.storm_burst
+
+
+@pytest.mark.parametrize("fringe_ratio", [0.1, 0.0])  # the fringe rule on (default) / off
+async def test_a_storms_fringe_group_opens_no_incident_of_its_own_one_page(storm_settings, r, fringe_ratio):
+    """A storm at 200/s and, beside it, a group of another predicted category (its fringe: centroid cosine ~0.63)
+    bursting at 10/s. The fringe passes the burst test on its own; with the fringe rule it opens no incident (one
+    storm, one page), without it it pages a second time."""
+    s = dataclasses.replace(storm_settings, storm_fringe_ratio=fringe_ratio)
+    k = Keys(s.prefix)
+    st = await _stage(s, r, "d1")
+    storm = burst("s", unit(1, 0.1), 60.0, 200.0, 600, "atm")
+    fringe = burst("f", unit(1, -1.0), 60.2, 10.0, 30, "atm_other")
+    await run_in_order(st, background(0, 70) + storm + fringe)
+    incidents = [x.decode() for x in await r.zrange(k.incidents, 0, -1)]
+    opened = await alerts_of(r, k, "incident.opened")
+    assert "s0000" in incidents and int((await r.hget(k.group("f0000"), "size")).decode()) == 30
+    fringe_trail = [st.grouper.decisions[f"f{i:04d}"].storm for i in range(30)]
+    if fringe_ratio:
+        assert incidents == ["s0000"] and len(opened) == 1
+        assert any(t.get("fringe_of") == "s0000" for t in fringe_trail)
+        assert all(t["state"] == "off" and not t["opened"] for t in fringe_trail)
+    else:
+        assert sorted(incidents) == ["f0000", "s0000"] and len(opened) == 2
+    first = st.grouper.decisions["s0000"].storm
+    opener = next(st.grouper.decisions[f"s{i:04d}"].storm for i in range(600)
+                  if st.grouper.decisions[f"s{i:04d}"].storm["opened"])
+    assert first["state"] == "off" and opener["started"] and opener["ratio"] >= s.storm_burst
+    assert opener["size"] >= s.incident_k
+
+
+async def test_storm_state_has_hysteresis_and_closes_after_a_quiet_period(storm_settings, r):
+    """A burst starts the storm state (one incident, one page); a slower trickle right after keeps it; a quiet
+    period of storm_quiet_s ends it (the incident stays open); a new burst starts it again without a new page."""
+    s, k = storm_settings, Keys(storm_settings.prefix)
+    st = await _stage(s, r, "d1")
+    v = unit(1, 0.1)
+    first = burst("s", v, 60.0, 200.0, 200, "atm")
+    trickle = burst("t", v, 62.0, 0.5, 20, "atm")  # a ticket every 2 s for 40 s: under the burst bar, still on
+    late = burst("u", v, 200.0, 0.5, 4, "atm")  # 130 s of nothing first: the storm state ended
+    again = burst("v", v, 220.0, 200.0, 200, "atm")
+    await run_in_order(st, background(0, 240) + first + trickle + late + again)
+    d = st.grouper.decisions
+    assert any(d[f"s{i:04d}"].storm["started"] for i in range(200))
+    assert all(d[f"t{i:04d}"].storm["state"] == "on" for i in range(20))
+    assert d["t0019"].storm["ratio"] < s.storm_burst  # below the bar that started it, and still on: hysteresis
+    assert d["u0000"].storm.get("ended") and d["u0000"].storm["state"] == "off"
+    assert all(d[f"u{i:04d}"].storm["state"] == "off" for i in range(4))
+    assert any(d[f"v{i:04d}"].storm["started"] for i in range(200))
+    assert [x.decode() for x in await r.zrange(k.incidents, 0, -1)] == ["s0000"]  # open all along
+    assert len(await alerts_of(r, k, "incident.opened")) == 1
+    assert (await r.hget(k.ticket("v0199"), "incident")) == b"1"

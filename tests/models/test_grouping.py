@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from routing_engine.models.grouping import Grouper, GroupingRule
 
@@ -119,12 +120,15 @@ def test_spill_over_keeps_a_concurrent_storm_of_another_category_apart():
 
 
 def _state(g: Grouper) -> dict:
-    return {gid: (x.n, x.merged_into, x.incident_ts, dict(x.categories), np.round(x.total, 6).tolist())
-            for gid, x in g.groups.items()} | {"of": dict(g.group_of)}
+    return {gid: (x.n, x.merged_into, x.incident_ts, dict(x.categories), np.round(x.total, 6).tolist(), x.storm,
+                  x.storm_ts, round(x.hot_until, 6), round(x.rate, 6), round(x.slow, 6))
+            for gid, x in g.groups.items()} | {"of": dict(g.group_of), "base": g.base.copy()}
 
 
-def test_a_rolled_back_batch_leaves_no_trace_and_a_replayed_log_gives_the_same_groups():
-    rule = GroupingRule(tau=0.99, tau_category=0.9, tau_centroid=0.99, tau_centroid_category=0.9, tau_merge=0.7)
+@pytest.mark.parametrize("burst", [0.0, 4.0])  # K alone opens the incident / the storm test by rate does
+def test_a_rolled_back_batch_leaves_no_trace_and_a_replayed_log_gives_the_same_groups(burst):
+    rule = GroupingRule(tau=0.99, tau_category=0.9, tau_centroid=0.99, tau_centroid_category=0.9, tau_merge=0.7,
+                        storm_burst=burst)
     vec = {f"l{i}": unit(1, 0.2, 0.05 * i) for i in range(4)} | {f"r{i}": unit(1, -0.6, 0.05 * i) for i in range(4)}
     order = ["l0", "l1", "l2", "l3", "r0", "r1", "r2", "r3"]
 
@@ -133,24 +137,31 @@ def test_a_rolled_back_batch_leaves_no_trace_and_a_replayed_log_gives_the_same_g
         return [] if tid == head else [(head, float(vec[tid] @ vec[head]))]
 
     def first_three(grouper):
+        # a minute of ordinary traffic first (ten other intents, one ticket every 2 s): what is normal in the stream
+        for i in range(30):
+            k = i % 10
+            v = unit(-0.2, np.cos(k * np.pi / 5), np.sin(k * np.pi / 5))
+            grouper.assign(f"bg{i}", v, f"intent{k}", top(f"intent{k}"), -60.0 + 2 * i,
+                           [(f"bg{k}", 1.0)] if i >= 10 else [])
         for i, t in enumerate(order[:3]):
-            grouper.assign(t, vec[t], "atm", top("atm"), i, near(t))
+            grouper.assign(t, vec[t], "atm", top("atm"), 0.1 * i, near(t))
 
     g = Grouper(rule, incident_k=6)
     first_three(g)
     before = _state(g)
     g.begin()  # a batch that merges the two clusters and opens an incident, then loses the race
     for i, t in enumerate(order[3:]):
-        g.assign(t, vec[t], "atm", top("atm"), 3 + i, near(t))
+        g.assign(t, vec[t], "atm", top("atm"), 0.1 * (3 + i), near(t))
     assert g.group_of_ticket("r2") == "l0" and g.groups["l0"].incident_ts is not None
     g.rollback()
     assert _state(g) == before and "r2" not in g.decisions
 
     # the same batch decided for real, and replayed by another worker from its decisions: the same groups
-    decided = [(t, g.assign(t, vec[t], "atm", top("atm"), 3 + i, near(t))) for i, t in enumerate(order[3:])]
+    decided = [(t, g.assign(t, vec[t], "atm", top("atm"), 0.1 * (3 + i), near(t))) for i, t in enumerate(order[3:])]
     assert any(d.merges for _, d in decided)
     other = Grouper(rule, incident_k=6)
     first_three(other)
-    for i, (t, d) in enumerate(decided):
-        other.apply(t, vec[t], "atm", 3 + i, d)
+    for t, d in decided:
+        other.apply(t, vec[t], "atm", 0.0, d)  # the decision carries its time
     assert _state(other) == _state(g)
+    assert [d.opens for _, d in decided].count(True) == 1

@@ -83,6 +83,7 @@ class Grouping:
     tau_centroid: float | None = None
     tau_centroid_category: float | None = None
     tau_merge: float | None = None
+    storm: dict = field(default_factory=dict)  # the group's storm test at this ticket (Decision.storm)
 
     def to_dict(self) -> dict:
         return asdict(self)

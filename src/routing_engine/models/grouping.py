@@ -51,7 +51,27 @@ class GroupingRule:
     tau_merge_cross: float = 2.0
     storm_rate: float = 2.0
     spill_ratio: float = 0.15
-    rate_halflife_s: float = 5.0
+    rate_halflife_s: float = 5.0  # the fast rate: exponentially decayed count of the last seconds
+    # Storm detection by rate, with hysteresis. A group is a storm when its fast rate reaches storm_burst times its
+    # baseline: the most of (a) the rest of the stream per cluster (non-storm tickets/s over the effective number
+    # of categories), (b) the rest of its category, (c) its own slow rate (half-life baseline_halflife_s); and it
+    # holds K tickets (the seed's K-in-W stays the floor). Only a storm opens an incident. The storm state closes
+    # once the group's rate has stayed under storm_calm times its baseline for storm_quiet_s (the incident stays
+    # open for people to resolve); a new burst starts it again. Tickets of storm groups are left out of the
+    # baselines. storm_burst 0 turns the test off: K in the window opens an incident, as before.
+    storm_burst: float = 4.0
+    storm_calm: float = 2.0
+    storm_quiet_s: float = 60.0
+    baseline_halflife_s: float = 60.0
+    # A storm's fringe: storm tickets the classifier puts in a neighbouring intent (or that reword it unusually) join
+    # groups of their own or background groups of related intents, which then burst with the storm. A group that
+    # passes the burst test while an open storm incident's group is near (centroid cosine >= tau_fringe) and it
+    # grows at under fringe_ratio x that storm's rate is the storm's fringe: it opens no incident (nobody is paged
+    # for it) and is not merged (its background members stay out of the storm). Once it grows at fringe_ratio x the
+    # storm's rate or more (a second storm of a confusable intent), or the storm's state has ended, it is a storm
+    # of its own. fringe_ratio 0 turns this off.
+    tau_fringe: float = 0.5
+    fringe_ratio: float = 0.1
 
 
 @dataclass
@@ -66,18 +86,33 @@ class Group:
     incident_ts: float | None = None  # when it reached K (mirrors the incident the Redis group opens)
     rate: float = 0.0  # tickets/s, exponentially decayed, as of rate_ts
     rate_ts: float = 0.0
+    slow: float = 0.0  # decayed count with the baseline half-life, as of slow_ts
+    slow_ts: float = 0.0
+    storm: bool = False  # in storm state (see GroupingRule)
+    storm_ts: float | None = None  # when the storm state began
+    hot_until: float = 0.0  # the fast rate stays above storm_calm x baseline until then (absent new tickets)
 
     def copy(self) -> Group:
-        return Group(self.gid, self.total.copy(), self.n, Counter(self.categories), self.first_ts, self.last_ts,
-                     self.merged_into, self.incident_ts, self.rate, self.rate_ts)
+        return replace(self, total=self.total.copy(), categories=Counter(self.categories))
 
     def rate_at(self, ts: float, halflife_s: float) -> float:
         return self.rate * 0.5 ** (max(0.0, ts - self.rate_ts) / halflife_s)
+
+    def slow_at(self, ts: float, halflife_s: float) -> float:
+        return self.slow * 0.5 ** (max(0.0, ts - self.slow_ts) / halflife_s)
 
     def count(self, ts: float, halflife_s: float, n: float = 1.0, rate: float = 0.0) -> None:
         """n tickets now (or another group's rate folded in)."""
         self.rate = self.rate_at(ts, halflife_s) + rate + n * math.log(2) / halflife_s
         self.rate_ts = max(self.rate_ts, ts)
+
+    def count_slow(self, ts: float, halflife_s: float, n: float) -> None:
+        self.slow = self.slow_at(ts, halflife_s) + n
+        self.slow_ts = max(self.slow_ts, ts)
+
+    def storm_at(self, ts: float, quiet_s: float) -> bool:
+        """In storm state at ts: it closes once the rate stayed calm for the quiet period."""
+        return self.storm and ts <= self.hot_until + quiet_s
 
     @property
     def centroid(self) -> np.ndarray:
@@ -100,12 +135,68 @@ class Decision:
     merged: list[str] = field(default_factory=list)  # groups merged into `group` by this ticket
     joined_group: str = ""  # the group it joined before any merge (`group` is the survivor)
     merges: list[tuple[str, str]] = field(default_factory=list)  # (merged, survivor), in the order applied
+    ts: float = 0.0  # the time the decision was made at (the ticket's arrival): replays use the same
+    opens: bool = False  # this ticket opens the incident of `group` (a storm reached K, or a merge made one)
+    storm: dict = field(default_factory=dict)  # the storm test of `group` at this ticket, for the trail
+    # `group`'s storm state after this ticket [storm 0/1, storm_ts, hot_until, incident_ts]: replays set it as is
+    state: list = field(default_factory=list)
 
     def trail(self) -> dict:
-        """What the ticket's trail shows: which group, which score, which rule, what merged."""
+        """What the ticket's trail shows: which group, which score, which rule, what merged, the storm test."""
         return {"group": self.group, "joined": self.joined, "rule": self.rule, "score": self.score,
                 "neighbor": self.neighbor, "neighbor_score": self.neighbor_score, "joined_group": self.joined_group,
-                "merged": list(self.merged)}
+                "merged": list(self.merged), "storm": dict(self.storm)}
+
+
+@dataclass
+class Baseline:
+    """What is normal in the stream: decayed counts of the tickets outside storm groups, overall and per predicted
+    category, with the slow (baseline) half-life and with the fast one, since the first ticket seen (t0). The slow
+    count minus the fast one is the stream as it was before the last few seconds: a burst that just began is not
+    in it yet, so it cannot raise its own bar."""
+
+    t0: float | None = None
+    ts: float = 0.0
+    slow: dict = field(default_factory=dict)  # category -> decayed count, slow half-life
+    fast: dict = field(default_factory=dict)  # category -> decayed count, fast half-life
+
+    def copy(self) -> Baseline:
+        return Baseline(self.t0, self.ts, dict(self.slow), dict(self.fast))
+
+    def decay(self, ts: float, h_slow: float, h_fast: float) -> None:
+        if ts <= self.ts:
+            return
+        fs, ff = 0.5 ** ((ts - self.ts) / h_slow), 0.5 ** ((ts - self.ts) / h_fast)
+        self.slow = {c: v * fs for c, v in self.slow.items() if v * fs > 1e-3}
+        self.fast = {c: v * ff for c, v in self.fast.items() if v * ff > 1e-3}
+        self.ts = ts
+
+    def add(self, ts: float, category: str, h_slow: float, h_fast: float) -> None:
+        if self.t0 is None:
+            self.t0 = self.ts = ts
+        self.decay(ts, h_slow, h_fast)
+        self.slow[category] = self.slow.get(category, 0.0) + 1.0
+        self.fast[category] = self.fast.get(category, 0.0) + 1.0
+
+    def lagged(self) -> dict:
+        """category -> decayed count of the tickets before the last few seconds."""
+        return {c: max(0.0, v - self.fast.get(c, 0.0)) for c, v in self.slow.items()}
+
+
+def _span(elapsed: float, h_slow: float, h_fast: float) -> float:
+    """Seconds of stream a lagged count covers (slow minus fast decayed count of a steady rate of 1/s), after
+    `elapsed` seconds of stream: a stream seen for 10 s has not had a minute of baseline yet."""
+    ln2 = math.log(2)
+    return h_slow / ln2 * (1.0 - 0.5 ** (elapsed / h_slow)) - h_fast / ln2 * (1.0 - 0.5 ** (elapsed / h_fast))
+
+
+def _clusters(counts) -> float:
+    """The effective number of categories (perplexity of their shares): an ordinary cluster's share is 1/that."""
+    p = np.array([v for v in counts if v > 0], dtype=np.float64)
+    if not len(p):
+        return 1.0
+    p = p / p.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def _cosines(groups: list[Group], vec: np.ndarray) -> list[float]:
@@ -135,15 +226,18 @@ class Grouper:
         self._journal: dict[str, Group | None] | None = None  # groups as they were before the open batch
         self._live_multi: set[str] = set()  # groups of 2+ members not merged away: the candidates of every ticket
         self._added: list[str] = []
+        self.base = Baseline()
+        self._base_saved: Baseline | None = None
 
     # ---- speculative batches: decide, then keep or roll back (another worker decided first)
 
     def begin(self) -> None:
         """Start a batch whose decisions may be rolled back: groups are copied before their first change."""
         self._journal, self._added = {}, []
+        self._base_saved = self.base.copy()
 
     def keep(self) -> None:
-        self._journal, self._added = None, []
+        self._journal, self._added, self._base_saved = None, [], None
 
     @property
     def added(self) -> list[str]:
@@ -163,7 +257,9 @@ class Grouper:
             self.group_of.pop(t, None)
             self.category_of.pop(t, None)
             self.decisions.pop(t, None)
-        self._journal, self._added = None, []
+        if self._base_saved is not None:
+            self.base = self._base_saved
+        self._journal, self._added, self._base_saved = None, [], None
         self._live_multi = {gid for gid, g in self.groups.items() if g.n >= 2 and g.merged_into is None}
 
     def _touch(self, gid: str) -> None:
@@ -230,12 +326,21 @@ class Grouper:
                     decision = Decision(gid, True, "tau_category", round(s, 4), nbr, round(s, 4))
                     break
         decision.joined_group = decision.group
+        decision.ts = ts
         self._record(tid, vec, category, ts, decision.group)
         survivor, pairs = self._merge(decision.group, ts)
-        if survivor != decision.group:
-            decision.group, decision.joined = survivor, True
+        g = self.groups[survivor]
+        decision.storm = self._storm(g, ts)
+        if g.incident_ts is None and g.storm:
+            g.incident_ts = ts
+            decision.opens = True
+        decision.storm["opened"] = decision.opens
+        decision.storm["incident"] = g.incident_ts is not None
+        if g.gid != decision.group:
+            decision.group, decision.joined = g.gid, True
         decision.merged = [m for m, _ in pairs]
         decision.merges = pairs
+        decision.state = [int(g.storm), g.storm_ts, g.hot_until, g.incident_ts]
         self.decisions[tid] = decision
         return decision
 
@@ -243,13 +348,22 @@ class Grouper:
         """Replay a decision another worker made (read from the shared log): the same state as deciding it here."""
         if tid in self.group_of:
             return
+        ts = decision.ts or ts
         self._record(tid, vec, category, ts, decision.joined_group or decision.group)
         for merged, survivor in decision.merges:
             if merged in self.groups and survivor in self.groups:
                 self._absorb(self.groups[survivor], self.groups[merged], ts)
+        g = self.groups.get(self.resolve(decision.joined_group or decision.group))
+        if g is not None and decision.state:
+            self._touch(g.gid)
+            storm, storm_ts, hot_until, incident_ts = decision.state
+            g.storm, g.storm_ts, g.hot_until, g.incident_ts = bool(storm), storm_ts, float(hot_until), incident_ts
+        if self.rule.storm_burst > 0:  # as the storm test did when it was decided
+            self.base.decay(ts, self.rule.baseline_halflife_s, self.rule.rate_halflife_s)
         self.decisions[tid] = decision
 
     def _record(self, tid: str, vec: np.ndarray, category: str, ts: float, gid: str) -> None:
+        r = self.rule
         self._touch(gid)
         g = self.groups.get(gid)
         if g is None:
@@ -258,29 +372,101 @@ class Grouper:
         g.n += 1
         g.categories[category] += 1
         g.last_ts = max(g.last_ts, ts)
-        g.count(ts, self.rule.rate_halflife_s)
+        g.count(ts, r.rate_halflife_s)
+        g.count_slow(ts, r.baseline_halflife_s, 1.0)
+        if not g.storm_at(ts, r.storm_quiet_s):  # a storm's own tickets are not the stream's normal
+            self.base.add(ts, category, r.baseline_halflife_s, r.rate_halflife_s)
         if g.n >= 2 and g.merged_into is None:
             self._live_multi.add(gid)
-        if g.incident_ts is None and g.n >= self.incident_k:
-            g.incident_ts = ts
         self.group_of[tid] = gid
         self.category_of[tid] = category
         if self._journal is not None:
             self._added.append(tid)
 
+    def baseline(self, g: Group, ts: float) -> tuple[float, dict]:
+        """The rate group g would have if nothing unusual were happening (tickets/s), and its parts, each as it was
+        before the last few seconds (see Baseline): the rest of the stream per cluster (non-storm tickets/s over
+        the effective number of categories), g's category, g's own rate."""
+        r = self.rule
+        hs, hf = r.baseline_halflife_s, r.rate_halflife_s
+        b = self.base
+        b.decay(ts, hs, hf)
+        elapsed = ts - b.t0 if b.t0 is not None else 0.0
+        span = max(_span(elapsed, hs, hf), 0.25)
+        lag = b.lagged()
+        total = sum(lag.values())
+        own = max(0.0, g.slow_at(ts, hs) - g.rate_at(ts, hf) * hf / math.log(2))
+        parts = {"stream": total / span / max(1.0, _clusters(lag.values())),
+                 "category": lag.get(g.category, 0.0) / span,
+                 "group": own / max(_span(1e9, hs, hf), 1e-9)}
+        return max(max(parts.values()), 1e-6), parts
+
+    def _storm(self, g: Group, ts: float) -> dict:
+        """The storm test of g at ts (hysteresis: burst to start, a quiet period to end); returns the trail's part."""
+        r = self.rule
+        ended = g.storm and not g.storm_at(ts, r.storm_quiet_s)
+        if ended:
+            self._touch(g.gid)
+            g.storm = False
+        rate = g.rate_at(ts, r.rate_halflife_s)
+        if r.storm_burst <= 0:  # the test is off: K in the window is a storm, and it stays one
+            started = not g.storm and g.n >= self.incident_k
+            if started:
+                self._touch(g.gid)
+                g.storm, g.storm_ts, g.hot_until = True, ts, 1e18
+            return {"state": "on" if g.storm else "off", "started": started, "rule": "k", "rate": round(rate, 3)}
+        base, parts = self.baseline(g, ts)
+        ratio = rate / base
+        started = not g.storm and g.n >= self.incident_k and ratio >= r.storm_burst
+        fringe = self._fringe_of(g, rate, ts) if started and g.incident_ts is None else None
+        if fringe is not None:
+            started = False
+        self._touch(g.gid)
+        if started:
+            g.storm, g.storm_ts = True, ts
+        if g.storm and ratio >= r.storm_calm:
+            g.hot_until = max(g.hot_until, ts + r.rate_halflife_s * math.log2(ratio / r.storm_calm))
+        out = {"state": "on" if g.storm else "off", "started": started, "rule": "burst", "rate": round(rate, 3),
+               "baseline": round(base, 4), "ratio": round(ratio, 2), "by": max(parts, key=parts.get),
+               "burst": r.storm_burst, "size": g.n, "k": self.incident_k}
+        if ended:
+            out["ended"] = True
+        if fringe is not None:  # bursting with a storm near it, at a fraction of its rate: that storm's fringe
+            out.update(fringe_of=fringe[0].gid, fringe_cos=round(fringe[1], 4), fringe_share=round(fringe[2], 4))
+        return out
+
+    def _fringe_of(self, g: Group, rate: float, ts: float) -> tuple[Group, float, float] | None:
+        """The open storm incident whose fringe group g is (see GroupingRule): (storm group, cosine, rate share)."""
+        r = self.rule
+        if r.fringe_ratio <= 0:
+            return None
+        cands = [o for o in self._multi() if o.gid != g.gid and o.incident_ts is not None
+                 and o.storm_at(ts, r.storm_quiet_s)]
+        best = None
+        for o, sim in zip(cands, _cosines(cands, g.centroid)):
+            share = rate / max(o.rate_at(ts, r.rate_halflife_s), 1e-9)
+            if sim >= r.tau_fringe and share < r.fringe_ratio and (best is None or sim > best[1]):
+                best = (o, sim, share)
+        return best
+
     def _absorb(self, survivor: Group, other: Group, ts: float) -> None:
         """`other` merges into `survivor` (streams/group.lua does the same to the Redis groups)."""
+        r = self.rule
         self._touch(survivor.gid)
         self._touch(other.gid)
         survivor.total = survivor.total + other.total
         survivor.n += other.n
         survivor.categories.update(other.categories)
         survivor.last_ts = max(survivor.last_ts, other.last_ts)
-        survivor.count(ts, self.rule.rate_halflife_s, n=0, rate=other.rate_at(ts, self.rule.rate_halflife_s))
+        survivor.count(ts, r.rate_halflife_s, n=0, rate=other.rate_at(ts, r.rate_halflife_s))
+        h = r.baseline_halflife_s
+        survivor.count_slow(ts, h, other.slow_at(ts, h))
+        if other.storm_at(ts, r.storm_quiet_s):
+            if not survivor.storm_at(ts, r.storm_quiet_s):
+                survivor.storm, survivor.storm_ts = True, other.storm_ts
+            survivor.hot_until = max(survivor.hot_until, other.hot_until)
         if survivor.incident_ts is None:
             survivor.incident_ts = other.incident_ts
-        if survivor.incident_ts is None and survivor.n >= self.incident_k:
-            survivor.incident_ts = ts
         other.merged_into = survivor.gid
         self._live_multi.discard(other.gid)
         if survivor.n >= 2 and survivor.merged_into is None:

@@ -43,7 +43,9 @@ MAX_TRIES = 50  # a batch decided again this often without committing (others ke
 def rule_of(settings) -> GroupingRule:
     s = settings
     return GroupingRule(tau=s.dedup_tau, tau_category=s.dedup_tau_category, tau_centroid=s.dedup_tau_centroid,
-                        tau_centroid_category=s.dedup_tau_centroid_category, tau_merge=s.dedup_tau_merge)
+                        tau_centroid_category=s.dedup_tau_centroid_category, tau_merge=s.dedup_tau_merge,
+                        storm_burst=s.storm_burst, storm_calm=s.storm_calm, storm_quiet_s=s.storm_quiet_s,
+                        tau_fringe=s.storm_tau_fringe, fringe_ratio=s.storm_fringe_ratio)
 
 
 def top_labels(enrich: dict) -> list[tuple[str, float]]:
@@ -104,7 +106,8 @@ class DedupStage(Stage):
                     d = spec["d"]
                     decision = Decision(d["group"], d["joined"], d["rule"], d["score"], d.get("neighbor"),
                                         d.get("neighbor_score", -1.0), list(d.get("merged", [])), spec["g"],
-                                        [tuple(x) for x in spec["m"]])
+                                        [tuple(x) for x in spec["m"]], float(spec.get("ts") or ts),
+                                        bool(spec.get("o")), d.get("storm") or {}, list(spec.get("st") or []))
                     self.grouper.apply(spec["t"], vec, spec["c"], ts, decision)
                     self._add(spec["t"], vec, ts)
                     self.seq = seq
@@ -137,8 +140,10 @@ class DedupStage(Stage):
                 best = np.argsort(-sims)[:NEIGHBOURS]
                 candidates = sorted(candidates + [(ids[j], float(sims[j])) for j in best if ids[j] != tid],
                                     key=lambda x: -x[1])[:NEIGHBOURS]
+            # rates are taken on arrival times (a backlog does not squeeze a storm, nor a calm stream into one)
+            ts = msg.received_at / 1000 if msg.received_at > 0 else now
             decisions.append(self.grouper.assign(tid, vec.astype(np.float64), msg.category, top_labels(msg.enrich),
-                                                 now, candidates))
+                                                 ts, candidates))
         return decisions
 
     async def process(self, entries: list[Entry]) -> list[Outcome]:
@@ -174,7 +179,7 @@ class DedupStage(Stage):
             suppressed += alert == "suppressed"
             grouping = Grouping(neighbor=d.neighbor, score=d.score, group=gid, joined=d.joined, rule=d.rule,
                                 tau=s.dedup_tau, tau_category=s.dedup_tau_category, window_s=s.dedup_window_s,
-                                neighbor_score=d.neighbor_score, joined_group=d.joined_group or gid,
+                                neighbor_score=d.neighbor_score, joined_group=d.joined_group or gid, storm=d.storm,
                                 merged=list(d.merged), tau_centroid=s.dedup_tau_centroid,
                                 tau_centroid_category=s.dedup_tau_centroid_category, tau_merge=s.dedup_tau_merge)
             out = Deduped.of(msg, grouping)
@@ -223,7 +228,7 @@ class DedupStage(Stage):
                     "a": orjson.dumps({"ticket_id": msg.ticket_id, "subject": t.subject[:200],
                                        "category": msg.category, "team": msg.team, "urgency": msg.urgency,
                                        "group": d.group}).decode(),
-                    "d": d.trail()}
+                    "d": d.trail(), "ts": d.ts, "o": int(d.opens), "st": d.state}
             tickets.append((msg.ticket_id, orjson.dumps(spec), msg.emb_bytes()))
         by_id: dict[str, list] = {}
         if tickets:
