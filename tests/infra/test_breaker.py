@@ -129,3 +129,21 @@ async def test_ingest_backlog_counts_at_the_escalation_share(r, prefix):
     assert await b.allow(n=0, batch=64) == (False, "half_open")  # nothing to escalate: no probe taken
     assert await b.allow(n=4, batch=64) == (True, "half_open")  # the probe
     assert await b.record(True, latency_ms=100, n=4) == "closed"
+
+
+async def test_a_primed_rate_sizes_the_first_flood_and_never_overrides_a_measured_one(r, prefix):
+    """The fallback stage primes the rate from a warm-up batch: with it, the first flood opens the breaker on the
+    queue rule at once (without it only the 1 s age rule could); a rate measured on real batches stays."""
+    k = Keys(prefix)
+    b = Breaker(r, k.breaker, k.events, POLICY, queue=(k.escalate, "fallback"))
+    await r.xgroup_create(k.escalate, "fallback", id="0", mkstream=True)
+    assert await b.allow(n=6) == (True, "closed")  # no rate: the queue rule cannot size anything
+    assert await b.prime(10.0) is True
+    assert await b.allow(n=6) == (False, "open")  # 6 texts at 10/s = 600 ms > 500 ms
+    assert "at 10/s need 600ms" in (await _events(r, k))[-1][1]
+
+    k2 = Keys(prefix + "-measured")
+    b2 = Breaker(r, k2.breaker, k2.events, POLICY, queue=(k2.escalate, "fallback"))
+    await b2.record(True, latency_ms=100, n=10)  # 100 texts/s measured on a real batch
+    assert await b2.prime(5.0) is False and (await b2.state())["rate"] == "100"
+    assert await b2.prime(0.0) is False

@@ -66,6 +66,23 @@ async def test_unsure_tickets_escalate_to_the_transformer(settings, r, fallback_
         assert e["breaker"] == "closed" and e["thresholds"]["escalate_below"] == 1.01
 
 
+async def test_loading_the_fallback_primes_the_breakers_rate(settings, r, fallback_models, tmp_path):
+    """Before any ticket escalates, the fallback stage has measured its warm-up batch and the breaker knows a rate,
+    so the first flood can be sized by the queue rule."""
+    from routing_engine.infra.breaker import Breaker
+    from routing_engine.infra.keys import Keys
+
+    k = Keys(settings.prefix)
+    async with InProcessPipeline(replace(settings, models_dir=str(fallback_models)), r, stages=STAGES):
+        state = await wait_for(lambda: _primed(Breaker(r, k.breaker, k.events)))
+    assert float(state["rate"]) > 0 and state["rate_sized"] == "1" and state["state"] == "closed"
+
+
+async def _primed(b):
+    st = await b.state()
+    return st if st.get("rate_sized") else None
+
+
 async def test_open_breaker_keeps_fast_answer_marked_degraded(settings, r, fallback_models, tmp_path):
     from routing_engine.infra.breaker import Breaker, BreakerPolicy
     from routing_engine.infra.keys import Keys

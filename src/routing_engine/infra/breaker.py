@@ -69,6 +69,15 @@ class Breaker:
         (state,) = await self._call("record", ok, latency_ms, backlog_ms, error, n=n)
         return state.decode()
 
+    async def prime(self, texts_per_s: float) -> bool:
+        """Seed the fallback's rate from a warm-up batch when no batch of 8+ has been measured yet, so the queue
+        rule can size the first flood. Without it a fallback that had seen no escalations before a storm left the
+        breaker to the age rule alone: it opened 1.76 s into `overload` (1 s backlog limit + the batch in hand)."""
+        if texts_per_s <= 0 or await self.r.hget(self.key, "rate_sized"):
+            return False
+        await self.r.hset(self.key, mapping={"rate": round(texts_per_s, 1), "rate_sized": 1})
+        return True
+
     async def state(self) -> dict:
         h = {k.decode(): v.decode() for k, v in (await self.r.hgetall(self.key)).items()}
         h.setdefault("state", "closed")
