@@ -23,6 +23,10 @@ STEP_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 RECLAIMED = Counter("routing_stage_reclaimed_total", "Entries reclaimed from idle consumers", ["stage"])
+LANE_ENTRIES = Counter("routing_stage_lane_entries_total",
+                       "Entries a stage read from its urgent lane (priority loop)", ["stage"])
+LANE_HANDED = Counter("routing_stage_lane_handed_total",
+                      "Urgent-lane entries the stage's triage handed to its main loop (a storm's members)", ["stage"])
 HTTP_TICKETS = Counter("routing_http_tickets_total", "Tickets over HTTP, by result", ["result"])
 ALERTS = Counter("routing_alerts_total", "Outbound alerts, by result", ["result"])
 MODEL_INFO = Gauge("routing_model_info", "Loaded classifier version", ["version"])

@@ -153,3 +153,60 @@ async def _has_consumer(r, k):
         return bool(await r.xinfo_consumers(k.deduped, "route"))
     except Exception:
         return False
+
+
+class Blocking(Stage):
+    """A main-stream batch waits inside process() until the urgent lane's entry has been processed: the runtime must
+    run the lane in a loop of its own (one loop would wait forever, and the test fails on its timeout)."""
+
+    name = "route"  # reads {prefix}:deduped:urgent (its urgent lane) and {prefix}:deduped
+
+    def __init__(self, settings, keys):
+        super().__init__(settings, keys)
+        self.lane_done = asyncio.Event()
+        self.batches: list[tuple[str, int]] = []  # (stream, size) in the order process() began them
+
+    async def setup(self, ctx):
+        pass
+
+    async def process(self, entries):
+        lane = entries[0].stream == self.keys.deduped_urgent
+        assert all((e.stream == self.keys.deduped_urgent) == lane for e in entries)  # never a mixed batch
+        self.batches.append(("urgent" if lane else "main", len(entries)))
+        if lane:
+            self.lane_done.set()
+        else:
+            await asyncio.wait_for(self.lane_done.wait(), 20)
+        return [Outcome(e, writes=[Write.cmd("RPUSH", f"{self.keys.base}:order", e.id)]) for e in entries]
+
+
+async def test_the_urgent_lane_runs_beside_a_main_batch_in_work_in_small_batches(settings, r):
+    from routing_engine.infra.runtime import LANE_BATCH
+
+    k = Keys(settings.prefix)
+    stage = Blocking(settings, k)
+    for i in range(40):  # a backlog on the main stream: its first batch blocks until an urgent entry is done
+        await r.xadd(k.deduped, {"n": str(i)})
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_stages(r, [stage], "w1", stop))
+    try:
+        await wait_for(lambda: _started(stage), timeout=10)
+        urgent = [await r.xadd(k.deduped_urgent, {"n": f"u{i}"}) for i in range(LANE_BATCH + 3)]
+        await wait_for(lambda: _all_pushed(r, k, 40 + len(urgent)), timeout=20)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    order = await r.lrange(f"{k.base}:order", 0, -1)
+    assert set(urgent) <= set(order) and len(order) == len(set(order))
+    # the main stream's first batch was in work (it cannot end before an urgent batch ran) when the lane's began
+    assert stage.batches[0] == ("main", settings.batch_size) and stage.batches[1][0] == "urgent"
+    assert max(n for kind, n in stage.batches if kind == "urgent") <= LANE_BATCH
+    for stream in (k.deduped, k.deduped_urgent):
+        info = (await r.xinfo_groups(stream))[0]
+        assert info["pending"] == 0 and info["lag"] == 0
+    # one consumer name on both streams, each loop reading its own
+    assert [c["name"] for c in await r.xinfo_consumers(k.deduped_urgent, "route")] == [b"w1"]
+
+
+async def _started(stage):
+    return bool(stage.batches)

@@ -13,11 +13,13 @@ from ..domain.ticket import STATUSES
 
 # The pipeline's topology: each stage is a consumer group (named like the stage) reading these streams, given as
 # Keys attribute names, most urgent first. The stage registry, the CLI and the health report all read it here.
+# Every stream but the last of a stage is a priority lane (the urgent lane): the runtime reads it in its own loop,
+# in small batches, so an urgent ticket never waits behind the main stream's backlog or a batch of it in work.
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "enrich": ("ingest_urgent", "ingest"),
     "fallback": ("escalate",),
-    "dedup": ("enriched",),
-    "route": ("deduped",),
+    "dedup": ("enriched_urgent", "enriched"),
+    "route": ("deduped_urgent", "deduped"),
     "alerts": ("alerts",),
 }
 
@@ -36,6 +38,10 @@ class Keys:
     def stage_inputs(self, stage: str) -> list[str]:
         return [getattr(self, attr) for attr in STAGE_INPUTS[stage]]
 
+    def lanes(self, stage: str) -> list[str]:
+        """The stage's priority lanes (its inputs but the main one), most urgent first; empty for most stages."""
+        return self.stage_inputs(stage)[:-1]
+
     # streams, in pipeline order
     @property
     def ingest(self) -> str:
@@ -51,8 +57,18 @@ class Keys:
         return f"{self.base}:enriched"
 
     @property
+    def enriched_urgent(self) -> str:
+        """Urgent lane of enriched: urgent tickets not (likely) part of an open incident; dedup reads it first."""
+        return f"{self.base}:enriched:urgent"
+
+    @property
     def deduped(self) -> str:
         return f"{self.base}:deduped"
+
+    @property
+    def deduped_urgent(self) -> str:
+        """Urgent lane of deduped: urgent tickets that are not members of an open incident; route reads it first."""
+        return f"{self.base}:deduped:urgent"
 
     @property
     def routed(self) -> str:

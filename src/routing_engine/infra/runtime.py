@@ -15,6 +15,7 @@ logged and the stage goes on after a backoff.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import socket
@@ -31,7 +32,16 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..config import Settings
 from ..errors import InvalidTicket
-from ..metrics import BATCH_SECONDS, BATCH_SIZE, ENTRIES, RECLAIMED, STEP_SECONDS, observe_steps
+from ..metrics import (
+    BATCH_SECONDS,
+    BATCH_SIZE,
+    ENTRIES,
+    LANE_ENTRIES,
+    LANE_HANDED,
+    RECLAIMED,
+    STEP_SECONDS,
+    observe_steps,
+)
 from . import redis_errors
 from .keys import EVENTS_MAXLEN, Keys
 from .scripts import Scripts, Write
@@ -47,6 +57,14 @@ BACKOFF_MAX_S = 3.0
 # An entry delivered this many times without finishing runs alone: if it is what kills workers, it takes no other
 # entry of a batch down with it (each would count a delivery too, and be dead-lettered with it in the end).
 SUSPECT_DELIVERIES = 2
+# A priority lane (an urgent stream: infra.keys.STAGE_INPUTS) is read in batches of at most this many entries, in a
+# loop of its own beside the main stream's: an urgent batch takes tens of milliseconds where a full batch under
+# load takes hundreds, and it never waits for the main stream's batch in work.
+LANE_BATCH = 8
+# A lane whose stage triages (Stage.triage) is read this many entries at a time: the entries that are not urgent
+# singles after all (a storm's members, once its incident is open) are handed to the main stream's loop at once,
+# so a storm that reads urgent at the door does not queue the urgent singles behind it.
+LANE_TRIAGE = 256
 
 
 def backoff_s(attempt: int, first: float = BACKOFF_MIN_S, cap: float = BACKOFF_MAX_S) -> float:
@@ -90,7 +108,10 @@ class StageContext:
 
 
 class Stage:
-    """Base for a pipeline stage. Subclasses set `name` (a key of STAGE_INPUTS) and implement process()."""
+    """Base for a pipeline stage. Subclasses set `name` (a key of STAGE_INPUTS) and implement process().
+
+    A stage with priority lanes has process() called from two loops at once (the lanes' and the main stream's): it
+    must be safe to run concurrently with itself (or serialise what is not, as dedup does)."""
 
     name: str = "stage"
     # True: a batch's commit runs while the next batch is read and processed (commits stay in order). For a stage
@@ -102,8 +123,14 @@ class Stage:
 
     @property
     def inputs(self) -> list[str]:
-        """Input streams, most urgent first; a batch takes what waits on the first before the rest."""
+        """Input streams, most urgent first: the priority lanes (each read in its own loop, in small batches), then
+        the main stream."""
         return self.keys.stage_inputs(self.name)
+
+    @property
+    def lanes(self) -> list[str]:
+        """The priority lanes among `inputs` (all but the main stream)."""
+        return self.inputs[:-1]
 
     @property
     def input(self) -> str:
@@ -127,6 +154,12 @@ class Stage:
     async def after_commit(self, outcomes: list[Outcome], results: list[list[Any]]) -> None:
         """Runs after EXEC: results[i] holds the replies to outcomes[i].writes, one per write, in order."""
 
+    async def triage(self, entries: list[Entry]) -> list[Entry]:
+        """Of entries just read from a priority lane, those that do not belong there (None: the stage does not
+        triage). The runtime hands them to the main stream's loop, which runs them like its own entries; they stay
+        pending on the lane, under this consumer, until that commit acks them."""
+        return None
+
     async def close(self) -> None:
         pass
 
@@ -136,7 +169,13 @@ def consumer_name() -> str:
 
 
 class StageRunner:
-    def __init__(self, r: aioredis.Redis, stage: Stage, consumer: str, stop: asyncio.Event):
+    """One read loop of a stage over some of its inputs: by default every input (a stage without priority lanes);
+    run() starts a second runner for the priority lanes (lane=True: those streams only, LANE_BATCH at a time, no
+    waiting for a fuller batch, no overlapped commit) and keeps the main stream for itself. Both use the same
+    consumer name: pending entries are per stream, so each loop drains, reclaims and acks its own streams only."""
+
+    def __init__(self, r: aioredis.Redis, stage: Stage, consumer: str, stop: asyncio.Event,
+                 streams: list[str] | None = None, lane: bool = False):
         self.r = r
         self.stage = stage
         self.s = stage.settings
@@ -144,19 +183,30 @@ class StageRunner:
         self.consumer = consumer
         self.stop = stop
         self.group = stage.name
+        self.streams = list(streams) if streams is not None else stage.inputs
+        self.lane = lane
+        self.batch_size = min(LANE_BATCH, self.s.batch_size) if lane else self.s.batch_size
+        self.main: StageRunner | None = None  # a lane's runner: the main stream's, which takes what triage hands it
+        self.handed: collections.deque[Entry] = collections.deque()  # lane entries handed to this (main) runner
+        self._handed_turn = False
+        self._touched = 0.0
         self.scripts = Scripts(r, self.s, self.k)
         self._last_claim = 0.0
-        self._trouble: str | None = None  # the Redis trouble being waited out: logged once per episode
-        self._trouble_since = 0.0
+        # the Redis trouble being waited out and since when: logged once per episode (a lane's runner shares its
+        # main runner's, so a stage says it once whichever of its loops meets it)
+        self._troubles: list = [None, 0.0]
         self._group_lost = False
         self._committing: asyncio.Task | None = None  # the previous batch's commit, with overlap_commit
 
-    async def ensure_group(self) -> None:
-        """Create the consumer group on each input where it is missing, and this consumer in it."""
-        for stream in self.stage.inputs:
+    async def ensure_group(self, streams: list[str] | None = None) -> bool:
+        """Create the consumer group on each input (or each of `streams`) where it is missing, and this consumer in
+        it; True when it created a group."""
+        created = False
+        for stream in self.stage.inputs if streams is None else streams:
             if not await self._has_group(stream):
                 try:
                     await self.r.xgroup_create(stream, self.group, id="0", mkstream=True)
+                    created = True
                 except ResponseError as exc:
                     if "BUSYGROUP" not in str(exc):
                         raise
@@ -164,6 +214,7 @@ class StageRunner:
             # refusal, out of memory or read-only, only delays that to the first entry it reads)
             with contextlib.suppress(ResponseError):
                 await self.r.xgroup_createconsumer(stream, self.group, self.consumer)
+        return created
 
     async def _has_group(self, stream: str) -> bool:
         """Looked up first: XGROUP CREATE is a write, refused while Redis is out of memory or read-only."""
@@ -175,25 +226,31 @@ class StageRunner:
             raise
 
     def _entries(self, resp) -> list[Entry]:
-        """XREADGROUP reply -> entries, the first input's first (priority order), tombstones dropped."""
+        """XREADGROUP reply -> entries, the first stream's first (priority order), tombstones dropped."""
         by_stream = {(name.decode() if isinstance(name, bytes) else name): rows for name, rows in resp or []}
-        return [Entry(eid.decode(), f, stream) for stream in self.stage.inputs
+        return [Entry(eid.decode(), f, stream) for stream in self.streams
                 for eid, f in by_stream.get(stream, []) if f]
 
     async def run(self) -> None:
         """Until stop is set. It ends early only when setup (or the runtime itself) fails: that error is raised."""
-        try:
-            await self._patiently(self.ensure_group)
+        lanes = self.stage.lanes
+        if lanes and self.streams == self.stage.inputs:
+            self.streams = [self.stage.input]  # the priority lanes get a loop of their own; this one keeps the main
+        else:
+            lanes = []
+        try:  # the lanes' groups are the lanes' loop's to make: Redis refusing them does not hold the main stream
+            await self._patiently(lambda: self.ensure_group(self.streams))
         except Stopping:
             return
         try:
             await self.stage.setup(StageContext(self.r, self.scripts, self.consumer))
             log.info("stage.started", stage=self.stage.name, consumer=self.consumer, streams=self.stage.inputs)
-            try:
-                await self._loop()
-            finally:
-                with contextlib.suppress(Stopping):  # stopped while Redis was away: that batch stays pending
-                    await self._settle()
+            if lanes:
+                lane = StageRunner(self.r, self.stage, self.consumer, self.stop, streams=lanes, lane=True)
+                lane.main, lane._troubles = self, self._troubles
+                await asyncio.gather(self._run_loop(), lane._run_loop())
+            else:
+                await self._run_loop()
         finally:
             try:  # also after a failed setup: whatever it opened is closed before a supervisor builds a new one
                 await self.stage.close()
@@ -201,17 +258,29 @@ class StageRunner:
                 log.error("stage.close_failed", stage=self.stage.name, error=describe(exc), exc_info=True)
             log.info("stage.stopped", stage=self.stage.name, consumer=self.consumer)
 
+    async def _run_loop(self) -> None:
+        try:
+            if self.lane:
+                try:
+                    await self._patiently(lambda: self.ensure_group(self.streams))
+                except Stopping:
+                    return
+            await self._loop()
+        finally:
+            with contextlib.suppress(Stopping):  # stopped while Redis was away: that batch stays pending
+                await self._settle()
+
     async def _loop(self) -> None:
         own_pending = True  # what this consumer name held when an earlier run stopped or died is still pending for it
         errors = 0
         while not self.stop.is_set():
             try:
                 if self._group_lost:
-                    await self.ensure_group()
-                    self._group_lost = False
                     # recreated from the stream's start: every entry still in it comes back, and the commit
-                    # scripts only ack the ones already done, so nothing runs twice
-                    log.warning("stage.group_recreated", stage=self.stage.name, streams=self.stage.inputs)
+                    # scripts only ack the ones already done, so nothing runs twice (said by the loop that did it)
+                    if await self.ensure_group():
+                        log.warning("stage.group_recreated", stage=self.stage.name, streams=self.stage.inputs)
+                    self._group_lost = False
                 if own_pending:
                     await self._drain_own_pending()
                     own_pending = False
@@ -238,31 +307,72 @@ class StageRunner:
     async def _step(self) -> None:
         if time.monotonic() - self._last_claim > self.s.claim_every_ms / 1000:
             await self._reclaim()
+        if self.handed:
+            await self._touch_handed()
+            # lane entries handed over and the main stream's own take turns, a batch each
+            self._handed_turn = not self._handed_turn
+            if self._handed_turn:
+                batch = [self.handed.popleft() for _ in range(min(len(self.handed), self.batch_size))]
+                await self.handle(batch, overlap=self.stage.overlap_commit)
+                return
         t = time.perf_counter()
+        triage = self.lane and self.main is not None and type(self.stage).triage is not Stage.triage
         resp = await self.r.xreadgroup(
-            self.group, self.consumer, {stream: ">" for stream in self.stage.inputs},
-            count=self.s.batch_size, block=self.s.block_ms,
+            self.group, self.consumer, {stream: ">" for stream in self.streams},
+            count=LANE_TRIAGE if triage else self.batch_size, block=None if self.handed else self.s.block_ms,
         )
         self._recovered()
         entries = self._entries(resp)
-        if entries:
-            # an empty read only waited out BLOCK: not time spent on work
-            STEP_SECONDS.labels(self.stage.name, "read").observe(time.perf_counter() - t)
-            if self.stage.batch_deadline_ms > 0:
+        if not entries:
+            return
+        # an empty read only waited out BLOCK: not time spent on work
+        STEP_SECONDS.labels(self.stage.name, "read").observe(time.perf_counter() - t)
+        if not self.lane:
+            if self.stage.batch_deadline_ms > 0 and not self.handed:
                 entries += await self._top_up(entries)
             await self.handle(entries, overlap=self.stage.overlap_commit)
+            return
+        LANE_ENTRIES.labels(self.stage.name).inc(len(entries))
+        if triage:
+            try:
+                handed = {e.id for e in await self.stage.triage(entries) or []}
+            except Exception as exc:  # triage only orders work: every entry read stays in this lane's batches
+                log.warning("stage.triage_failed", stage=self.stage.name, error=describe(exc))
+                handed = set()
+            if handed:
+                LANE_HANDED.labels(self.stage.name).inc(len(handed))
+                self.main.handed.extend(e for e in entries if e.id in handed)
+                entries = [e for e in entries if e.id not in handed]
+        for i in range(0, len(entries), self.batch_size):
+            await self.handle(entries[i:i + self.batch_size])
+
+    async def _touch_handed(self) -> None:
+        """Lane entries waiting here stay pending on their lane under this consumer: XCLAIM JUSTID to itself (no
+        delivery counted) every third of claim_idle_ms keeps them from looking abandoned to any reclaimer."""
+        if time.monotonic() - self._touched < self.s.claim_idle_ms / 3000:
+            return
+        self._touched = time.monotonic()
+        by_stream: dict[str, list[str]] = {}
+        for e in self.handed:
+            by_stream.setdefault(e.stream, []).append(e.id)
+        async with self.r.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                for i in range(0, len(ids), 1000):
+                    pipe.xclaim(stream, self.group, self.consumer, min_idle_time=0, message_ids=ids[i:i + 1000],
+                                justid=True)
+            await pipe.execute()
 
     async def _top_up(self, entries: list[Entry]) -> list[Entry]:
         """Adaptive batching: a short batch waits up to batch_deadline_ms for more (what arrives meanwhile joins
         it, up to batch_size). A batch holding a priority-lane entry goes at once."""
         more: list[Entry] = []
-        if len(self.stage.inputs) > 1 and any(e.stream != self.stage.input for e in entries):
+        if any(e.stream != self.stage.input for e in entries):
             return more
         deadline = time.monotonic() + self.stage.batch_deadline_ms / 1000
-        while len(entries) + len(more) < self.s.batch_size and (left := deadline - time.monotonic()) > 0:
+        while len(entries) + len(more) < self.batch_size and (left := deadline - time.monotonic()) > 0:
             resp = await self.r.xreadgroup(
-                self.group, self.consumer, {stream: ">" for stream in self.stage.inputs},
-                count=self.s.batch_size - len(entries) - len(more), block=max(1, int(left * 1000)),
+                self.group, self.consumer, {stream: ">" for stream in self.streams},
+                count=self.batch_size - len(entries) - len(more), block=max(1, int(left * 1000)),
             )
             got = self._entries(resp)
             if not got:
@@ -279,9 +389,9 @@ class StageRunner:
 
     def _waiting(self, kind: str, exc: BaseException) -> None:
         """Log a Redis trouble when it starts (or changes kind), not at every retry."""
-        if kind == self._trouble:
+        if kind == self._troubles[0]:
             return
-        self._trouble, self._trouble_since = kind, time.monotonic()
+        self._troubles[:] = [kind, time.monotonic()]
         if kind == redis_errors.OOM:
             log.error("stage.redis_out_of_memory", stage=self.stage.name, error=str(exc),
                       detail="Redis is out of memory (maxmemory reached) and refuses writes: the entries stay "
@@ -291,10 +401,10 @@ class StageRunner:
                         detail="waiting for Redis; the entries in hand stay pending and are retried")
 
     def _recovered(self) -> None:
-        if self._trouble is not None:
-            log.info("stage.redis_recovered", stage=self.stage.name, reason=self._trouble,
-                     after_s=round(time.monotonic() - self._trouble_since, 1))
-            self._trouble = None
+        if self._troubles[0] is not None:
+            log.info("stage.redis_recovered", stage=self.stage.name, reason=self._troubles[0],
+                     after_s=round(time.monotonic() - self._troubles[1], 1))
+            self._troubles[0] = None
 
     async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
         """await call() until Redis answers: "not now" errors wait (backing off) and retry, so the entries in hand
@@ -322,10 +432,10 @@ class StageRunner:
     async def _drain_own_pending(self) -> None:
         """Entries still pending for this consumer name (an earlier run under it stopped or died holding them) run
         first, with their deliveries counted."""
-        for stream in self.stage.inputs:
+        for stream in self.streams:
             after = "-"
             while not self.stop.is_set():
-                pend = await self.r.xpending_range(stream, self.group, min=after, max="+", count=self.s.batch_size,
+                pend = await self.r.xpending_range(stream, self.group, min=after, max="+", count=self.batch_size,
                                                    consumername=self.consumer)
                 if not pend:
                     break
@@ -336,12 +446,12 @@ class StageRunner:
         """Take over entries idle longer than claim_idle_ms (their consumer died, or they failed and wait for their
         next try) and run them here."""
         self._last_claim = time.monotonic()
-        for stream in self.stage.inputs:
+        for stream in self.streams:
             start = "0-0"
             while not self.stop.is_set():
                 # JUSTID: taking them over counts no delivery; _rerun counts one for each entry it runs
                 ids = await self.r.xautoclaim(stream, self.group, self.consumer, self.s.claim_idle_ms,
-                                              start_id=start, count=self.s.batch_size, justid=True)
+                                              start_id=start, count=self.batch_size, justid=True)
                 if not ids:
                     break
                 ids = [i.decode() if isinstance(i, bytes) else i for i in ids]
