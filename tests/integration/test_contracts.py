@@ -57,7 +57,8 @@ async def test_stream_entries_match_their_schemas(pipeline, r):
 
     await wait_for(done)
     checked = 0
-    for name, stream in (("ingest", k.ingest), ("enriched", k.enriched), ("deduped", k.deduped),
+    for name, stream in (("ingest", k.ingest), ("ingest", k.ingest_urgent), ("enriched", k.enriched),
+                         ("enriched", k.enriched_urgent), ("deduped", k.deduped), ("deduped", k.deduped_urgent),
                          ("routed", k.routed), ("alerts", k.alerts), ("dead", k.dead), ("events", k.events)):
         v = Draft202012Validator(schemas[name], registry=reg)
         for _, fields in await r.xrange(stream):
@@ -70,6 +71,7 @@ async def test_stream_entries_match_their_schemas(pipeline, r):
             checked += 1
     assert checked >= 10
     assert await r.xlen(k.alerts) == 1  # the urgent ticket, first of its group
+    assert await r.xlen(k.enriched_urgent) == 1 and await r.xlen(k.deduped_urgent) == 1  # it rode the urgent lanes
 
 
 @pytest.mark.parametrize("doc", [{"subject": 1}, {"priority": "x", "subject": "s"}, {}])

@@ -11,6 +11,7 @@ caught without loading torch. Batches are sorted by token length (little padding
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -264,13 +265,21 @@ class OnnxEmbedder:
                                f"{check['mean_cosine']}, min {check['min_cosine']}")
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        return self._encode(texts, self._lock)
+
+    def encode_now(self, texts: list[str]) -> np.ndarray:
+        """`encode` without waiting for a run in progress (the session runs concurrently; both share the cores):
+        for a few urgent texts that must not wait behind a full batch."""
+        return self._encode(texts, contextlib.nullcontext())
+
+    def _encode(self, texts: list[str], lock) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         encs = self._tok.encode_batch([str(t) for t in texts])
         lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
         order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding per run
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        with self._lock:
+        with lock:
             for i in range(0, len(order), self.batch_size):
                 idx = order[i:i + self.batch_size]
                 width = int(lengths[idx].max())

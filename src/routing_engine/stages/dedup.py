@@ -68,6 +68,8 @@ class DedupStage(Stage):
         self._tail = "0-0"
         self.retries = 0  # batches decided again because another worker committed first (for tests, logs)
         self._lost = False
+        # the urgent lane's loop and the main stream's share this worker's window and groups: one batch at a time
+        self._deciding = asyncio.Lock()
 
     async def setup(self, ctx: StageContext) -> None:
         self.r = ctx.r
@@ -147,6 +149,17 @@ class DedupStage(Stage):
         return decisions
 
     async def process(self, entries: list[Entry]) -> list[Outcome]:
+        async with self._deciding:
+            return await self._process(entries)
+
+    def _output(self, msg: Enriched, incident: int) -> tuple[str, str]:
+        """(stream, lane) for route: the urgent lane holds urgent tickets that are not members of an open incident
+        (an incident's later members are attached to it, not urgent singles), whichever lane they came in on."""
+        if msg.urgent and not incident:
+            return self.keys.deduped_urgent, "urgent"
+        return self.keys.deduped, "normal"
+
+    async def _process(self, entries: list[Entry]) -> list[Outcome]:
         msgs: list[Enriched] = [e.value for e in entries]
         vecs = np.stack([m.emb for m in msgs])
         for attempt in range(MAX_TRIES):
@@ -183,8 +196,10 @@ class DedupStage(Stage):
                                 merged=list(d.merged), tau_centroid=s.dedup_tau_centroid,
                                 tau_centroid_category=s.dedup_tau_centroid_category, tau_merge=s.dedup_tau_merge)
             out = Deduped.of(msg, grouping)
+            stream, lane = self._output(msg, incident)
+            out.dedup["lane"] = lane
             outcomes.append(Outcome(entry, writes=[self.scripts.commit(
-                stage=self.name, status="grouped", ticket_id=msg.ticket_id, output_stream=self.keys.deduped,
+                stage=self.name, status="grouped", ticket_id=msg.ticket_id, output_stream=stream,
                 data=orjson.dumps(out.data()), emb=out.emb_bytes(),
                 record={"dedup": orjson.dumps(out.dedup), "t_dedup": now_ms()})]))
         if sent or suppressed:

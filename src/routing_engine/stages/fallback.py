@@ -19,12 +19,13 @@ from ..infra.scripts import now_ms
 from ..models import cascade
 from ..models.fallback import FallbackModel, latest_fallback
 from ..models.prediction import Prediction
-from .enrich import classified_event
+from .enrich import classified_event, enriched_lane
 
 log = structlog.get_logger("fallback")
 
 # Trail fields the fast path wrote that stay on the ticket after the fallback decided.
-KEPT = ("urgency", "urgency_features", "urgent", "embedder", "batch", "embed_ms", "classify_ms", "steps_ms")
+KEPT = ("urgency", "urgency_features", "urgent", "lane", "lane_reason", "ingest_lane", "embedder", "batch",
+        "embed_ms", "classify_ms", "steps_ms")
 
 
 # A warm-up batch of ticket-length texts: the first call pays for lazy initialisation, the second is timed.
@@ -120,7 +121,7 @@ class FallbackStage(Stage):
     def _commit(self, msg: Enriched):
         enrich = msg.enrich
         return self.scripts.commit(
-            stage=self.name, status="enriched", ticket_id=msg.ticket_id, output_stream=self.keys.enriched,
+            stage=self.name, status="enriched", ticket_id=msg.ticket_id, output_stream=enriched_lane(self.keys, enrich),
             data=orjson.dumps(msg.data()), emb=msg.emb_bytes(), event="ticket.classified",
             event_data=classified_event(enrich),
             record={"enrich": orjson.dumps(enrich), "category": enrich["category"], "team": enrich["team"],
