@@ -41,7 +41,7 @@ import flood_report as fr  # noqa: E402
 import scenario as sc_mod  # noqa: E402
 
 REC_FIELDS = ("status", "category", "team", "group", "incident", "alert", "received_at", "t_enrich_start",
-              "t_enrich", "t_dedup", "t_route", "enrich", "breaker")
+              "t_enrich", "t_dedup", "t_route", "enrich", "breaker", "dedup")
 
 
 def stage_names() -> list[str]:
@@ -53,10 +53,10 @@ def stage_names() -> list[str]:
 
 
 def stage_streams(settings) -> list[tuple[str, str]]:
-    """(input stream, consumer group) per stage."""
+    """(input stream, consumer group) per stage and input (a stage's urgent lane included)."""
     from routing_engine.service import build_stages
 
-    return [(st.input, st.name) for st in build_stages(stage_names(), settings)]
+    return [(stream, st.name) for st in build_stages(stage_names(), settings) for stream in st.inputs]
 
 
 @dataclass
@@ -323,11 +323,22 @@ class Replayer:
         self._session = None
         self._sem = asyncio.Semaphore(opts.http_concurrency)
         self._inflight: set[asyncio.Task] = set()
+        self._lanes: dict[str, str] = {}
+        from routing_engine.infra.scripts import Scripts
+
+        self.scripts = Scripts(r, settings, keys)
+
+    def lane(self, ticket: dict) -> str:
+        """The ingest lane, chosen as the webhook chooses it (Scripts.lane: the text's urgency alone)."""
+        from routing_engine.domain.ticket import Ticket
+
+        return self.scripts.lane(Ticket("-", subject=ticket.get("subject") or "", body=ticket.get("body") or ""))
 
     async def _send_stream(self, chunk: list) -> None:
         async with self.r.pipeline(transaction=False) as pipe:
             for p in chunk:
-                pipe.xadd(self.k.ingest, {"data": orjson.dumps(p.ticket)})  # never MAXLEN an ingest lane
+                # never MAXLEN an ingest lane
+                pipe.xadd(self._lanes.get(p.ticket["id"], self.k.ingest), {"data": orjson.dumps(p.ticket)})
             await pipe.execute()
         self.published += len(chunk)
 
@@ -376,6 +387,8 @@ class Replayer:
         if self.o.door == "http":
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
                                                   connector=aiohttp.TCPConnector(limit=self.o.http_concurrency))
+        if self.o.door == "stream":  # the stream door's producer picks the lane as the webhook would
+            self._lanes = {p.ticket["id"]: self.lane(p.ticket) for p in planned}
         try:
             t0 = time.perf_counter()
             i, n = 0, len(planned)
@@ -424,8 +437,8 @@ async def watch(r, k, rep: Replayer, total: int, opts: Options, samples: list[di
                               if (x["name"].decode() if isinstance(x["name"], bytes) else x["name"]) == group), None)
                 except Exception:
                     g = None
-                # entries not yet read by the group + read but not acked = work waiting for that stage
-                backlog[group] = ((g.get("lag") or 0) + g["pending"]) if g else 0
+                # entries not yet read by the group + read but not acked = work waiting for that stage (all lanes)
+                backlog[group] = backlog.get(group, 0) + (((g.get("lag") or 0) + g["pending"]) if g else 0)
             sample["stages"] = backlog
             sample["backlog"] = sum(backlog.values())
             samples.append(sample)
@@ -503,6 +516,11 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
     escalated = degraded = abstained = 0
     urgent_lat: list[int] = []
     urgent_set: set[str] = set()
+    single_lat: list[int] = []  # urgent by the score and not a member of an incident when grouped
+    lane_lat: list[int] = []  # came to the route stage on the urgent lane
+    door_lat: list[int] = []  # came in on the urgent ingest lane (the text read urgent) and not an incident member
+    bg_lat: list[int] = []  # urgent by the score and, by the scenario's truth, in no storm
+    lanes = {"enrich_urgent": 0, "enrich_demoted": 0, "route_urgent": 0}
     breaker_fields = Counter()
     late_at: list[int] = []  # when each escalation answered later than the budget became late (epoch ms)
     for tid, h in got["records"].items():
@@ -534,9 +552,21 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
             if h["t_dedup"]:
                 row["route"] = row["t_route"] - int(h["t_dedup"])
             recs.append(row)
+            dedup = json.loads(h["dedup"]) if h["dedup"] else {}
             if enrich.get("urgent"):
                 urgent_lat.append(row["latency"])
                 urgent_set.add(tid)
+                if h["incident"] != "1":
+                    single_lat.append(row["latency"])
+                if tid in truth and not truth[tid]["storm"]:
+                    bg_lat.append(row["latency"])
+            if dedup.get("lane") == "urgent":
+                lane_lat.append(row["latency"])
+            if enrich.get("ingest_lane") == "urgent" and h["incident"] != "1":
+                door_lat.append(row["latency"])
+            lanes["enrich_urgent"] += enrich.get("lane") == "urgent"
+            lanes["enrich_demoted"] += bool(enrich.get("lane_reason"))
+            lanes["route_urgent"] += dedup.get("lane") == "urgent"
     lat = [x["latency"] for x in recs]
     t0 = min((x["received_at"] for x in recs), default=0)
     t_end = max((x["t_route"] for x in recs), default=0)
@@ -598,7 +628,16 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
             "urgent_p99": fr.pct(urgent_lat, 99), "urgent_n": len(urgent_lat),
             "during_storms_p99": fr.pct(storm_lat, 99), "urgent_during_storms_p99": fr.pct(storm_urgent_lat, 99),
             "urgent_during_storms_n": len(storm_urgent_lat),
+            "urgent_single_p50": fr.pct(single_lat, 50), "urgent_single_p99": fr.pct(single_lat, 99),
+            "urgent_single_n": len(single_lat),
+            "urgent_lane_p50": fr.pct(lane_lat, 50), "urgent_lane_p99": fr.pct(lane_lat, 99),
+            "urgent_lane_n": len(lane_lat),
+            "urgent_door_p50": fr.pct(door_lat, 50), "urgent_door_p99": fr.pct(door_lat, 99),
+            "urgent_door_n": len(door_lat),
+            "urgent_background_p50": fr.pct(bg_lat, 50), "urgent_background_p99": fr.pct(bg_lat, 99),
+            "urgent_background_n": len(bg_lat),
         },
+        "lanes": lanes,
         "stages_ms": fr.stage_summary(recs),
         "lag": {"max_backlog": {g: max((s["stages"].get(g, 0) for s in samples), default=0)
                                 for g in (samples[0]["stages"] if samples else {})},
@@ -665,6 +704,7 @@ async def run_flood(scenario, planned: list, settings, opts: Options, embedder=N
     unseen, note = unseen_rows(model_path) if model_path else (None, "no model")
     report = build_report(scenario, planned, got, samples, opts, settings, unseen, note, rep.http_errors)
     report["wall_s"] = round(wall, 2)
+    report["lanes"]["door_urgent"] = sum(v == k.ingest_urgent for v in rep._lanes.values()) if rep._lanes else None
     report["steps"] = fr.step_summary(metrics)
     report["agents"] = agents
     report["model"] = model_path.name if model_path else None

@@ -217,6 +217,15 @@ def table(rep: dict) -> str:
         ("latency ms (in->routed)", f"p50 {_f(lat['p50'])}  p95 {_f(lat['p95'])}  p99 {_f(lat['p99'])}  "
                                     f"max {_f(lat['max'])}"),
         ("  urgent tickets", f"p50 {_f(lat['urgent_p50'])}  p99 {_f(lat['urgent_p99'])}  (n={lat['urgent_n']})"),
+        ("  urgent, not incident members", f"p50 {_f(lat.get('urgent_single_p50'))}  "
+                                           f"p99 {_f(lat.get('urgent_single_p99'))}  (n={lat.get('urgent_single_n')})"),
+        ("  on the urgent lane to route", f"p50 {_f(lat.get('urgent_lane_p50'))}  p99 {_f(lat.get('urgent_lane_p99'))}"
+                                          f"  (n={lat.get('urgent_lane_n')}); lanes {rep.get('lanes')}"),
+        ("  urgent at the door, not members", f"p50 {_f(lat.get('urgent_door_p50'))}  "
+                                              f"p99 {_f(lat.get('urgent_door_p99'))}  (n={lat.get('urgent_door_n')})"),
+        ("  urgent, in no storm (truth)", f"p50 {_f(lat.get('urgent_background_p50'))}  "
+                                          f"p99 {_f(lat.get('urgent_background_p99'))}  "
+                                          f"(n={lat.get('urgent_background_n')})"),
         ("  while storms arrive", f"p99 {_f(lat['during_storms_p99'])}; urgent p99 "
                                   f"{_f(lat['urgent_during_storms_p99'])} (n={lat['urgent_during_storms_n']})"),
         ("per stage p50/p95 ms", "  ".join(f"{k} {_f(st[k]['p50'], '{:.0f}')}/{_f(st[k]['p95'], '{:.0f}')}"
