@@ -18,7 +18,7 @@ STREAM_EVENTS: dict[str, str] = {
     "ticket.attached": "rides on its master incident's assignee",
     "ticket.resolved": "resolved (alone or with its incident)",
     "ticket.dead": "dead-lettered, with the reason",
-    "incident.opened": "a group reached K tickets: one master incident",
+    "incident.opened": "a storm group (rate a burst over its baseline) holds K tickets: one master incident",
     "incident.grew": "a ticket joined an open incident",
     "incident.merged": "a group or incident merged into an incident of the same storm (one id survives; no page)",
     "incident.resolved": "an operator resolved the incident",
@@ -38,5 +38,5 @@ ALL_EVENTS = {**STREAM_EVENTS, **DERIVED_EVENTS}
 # Entries of the alerts stream ({prefix}:alerts), POSTed to ROUTING_ALERT_URL (streams/alerts.schema.json).
 ALERT_TYPES: dict[str, str] = {
     "ticket.urgent": "urgency above the threshold on the first ticket of its group",
-    "incident.opened": "a group reached K tickets (its later members' alerts are suppressed)",
+    "incident.opened": "a storm group holds K tickets (its later members' alerts are suppressed)",
 }

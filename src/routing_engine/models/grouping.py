@@ -14,6 +14,11 @@ Groups whose centroids converge (the same storm, started twice before either was
 other) merge: the older one survives and the other points to it. Every decision says which group, which
 score and which rule, for the ticket's trail.
 
+Only a storm opens an incident: a group holding K tickets whose rate (on arrival times) is a burst over its
+baseline, the stream as it was before the last few seconds (GroupingRule.storm_burst); the storm state closes
+after a quiet period (hysteresis), and a group bursting beside an open storm at a fraction of its rate is that
+storm's fringe and opens nothing. The decision, with the storm test, goes on the trail and into the shared log.
+
 Plain numpy, no Redis: the dedup stage persists what this decides, and the bench replays it offline.
 """
 
@@ -83,7 +88,7 @@ class Group:
     first_ts: float = 0.0
     last_ts: float = 0.0
     merged_into: str | None = None
-    incident_ts: float | None = None  # when it reached K (mirrors the incident the Redis group opens)
+    incident_ts: float | None = None  # when its incident opened (a storm with K; mirrors the Redis group)
     rate: float = 0.0  # tickets/s, exponentially decayed, as of rate_ts
     rate_ts: float = 0.0
     slow: float = 0.0  # decayed count with the baseline half-life, as of slow_ts
@@ -136,7 +141,7 @@ class Decision:
     joined_group: str = ""  # the group it joined before any merge (`group` is the survivor)
     merges: list[tuple[str, str]] = field(default_factory=list)  # (merged, survivor), in the order applied
     ts: float = 0.0  # the time the decision was made at (the ticket's arrival): replays use the same
-    opens: bool = False  # this ticket opens the incident of `group` (a storm reached K, or a merge made one)
+    opens: bool = False  # this ticket opens the incident of `group` (it is a storm and holds K tickets)
     storm: dict = field(default_factory=dict)  # the storm test of `group` at this ticket, for the trail
     # `group`'s storm state after this ticket [storm 0/1, storm_ts, hot_until, incident_ts]: replays set it as is
     state: list = field(default_factory=list)
