@@ -192,9 +192,10 @@ class StageRunner:
         self._touched = 0.0
         self.scripts = Scripts(r, self.s, self.k)
         self._last_claim = 0.0
-        # the Redis trouble being waited out and since when: logged once per episode (a lane's runner shares its
-        # main runner's, so a stage says it once whichever of its loops meets it)
-        self._troubles: list = [None, 0.0]
+        # the Redis trouble being waited out, since when, and the kinds said in this episode: each kind is logged
+        # once per episode (a lane's runner shares its main runner's, so a stage says it once whichever of its loops
+        # meets it, even when the two loops see different kinds in turn)
+        self._troubles: list = [None, 0.0, set()]
         self._group_lost = False
         self._committing: asyncio.Task | None = None  # the previous batch's commit, with overlap_commit
 
@@ -388,10 +389,14 @@ class StageRunner:
             await asyncio.wait_for(self.stop.wait(), seconds)
 
     def _waiting(self, kind: str, exc: BaseException) -> None:
-        """Log a Redis trouble when it starts (or changes kind), not at every retry."""
-        if kind == self._troubles[0]:
+        """Log a Redis trouble when it starts (or turns into a kind not seen yet in this episode), not at every
+        retry."""
+        if self._troubles[0] is None:
+            self._troubles[1] = time.monotonic()
+        self._troubles[0] = kind
+        if kind in self._troubles[2]:
             return
-        self._troubles[:] = [kind, time.monotonic()]
+        self._troubles[2].add(kind)
         if kind == redis_errors.OOM:
             log.error("stage.redis_out_of_memory", stage=self.stage.name, error=str(exc),
                       detail="Redis is out of memory (maxmemory reached) and refuses writes: the entries stay "
@@ -404,7 +409,7 @@ class StageRunner:
         if self._troubles[0] is not None:
             log.info("stage.redis_recovered", stage=self.stage.name, reason=self._troubles[0],
                      after_s=round(time.monotonic() - self._troubles[1], 1))
-            self._troubles[0] = None
+            self._troubles[:] = [None, 0.0, set()]
 
     async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
         """await call() until Redis answers: "not now" errors wait (backing off) and retry, so the entries in hand
