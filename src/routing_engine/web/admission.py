@@ -10,6 +10,7 @@ entries of expired tickets (infra/housekeeping.py). A Redis refusing writes at m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -92,10 +93,10 @@ def admit(request: web.Request) -> None:
                          f"after {over['retry_after_s']} s with the same id and body", **over)
 
 
-async def _watch(app: web.Application) -> None:
+async def _watch(app: web.Application, stop: asyncio.Event) -> None:
     st, b = app[STATE], app[BACKLOG]
     last_trim, last_sweep, failing = 0.0, time.monotonic(), False
-    while True:
+    while not stop.is_set():
         try:
             lag, done = await backlog.ingest_backlog(st.redis, st.keys), await backlog.processed(st.redis, st.keys)
             b.update(lag, done, time.monotonic())
@@ -113,17 +114,23 @@ async def _watch(app: web.Application) -> None:
             if not failing:
                 log.warning("admission.read_failed", error=str(exc))
             failing = True
-        await asyncio.sleep(REFRESH_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), REFRESH_S)
 
 
 async def _watcher(app: web.Application):
-    task = asyncio.create_task(_watch(app))
+    # Stopped by an event, not only by cancel(): a cancel that lands inside a Redis call can be swallowed by the
+    # client, and the loop then slept and read again forever, hanging the app's shutdown (seen in the test suite).
+    stop = asyncio.Event()
+    task = asyncio.create_task(_watch(app, stop))
     yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    stop.set()
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(asyncio.shield(task), 5)
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, 5)
 
 
 @web.middleware
