@@ -8,13 +8,22 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 
+def _cast_of(f) -> type:
+    """How a setting's text is read: by the type of its default (int, float, bool; anything else stays a str)."""
+    return {int: int, float: float, bool: bool}.get(type(f.default), str)
+
+
+def _parse(raw: str, cast):
+    if cast is bool:
+        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+    return cast(raw)
+
+
 def _env(name: str, default, cast):
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
-    if cast is bool:
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    return cast(raw)
+    return _parse(raw, cast)
 
 
 def is_loopback(host: str) -> bool:
@@ -101,7 +110,7 @@ class Settings:
     def from_env(cls, **overrides) -> Settings:
         values = {}
         for f in fields(cls):
-            cast = {int: int, float: float, bool: bool}.get(type(f.default), str)
+            cast = _cast_of(f)
             default = f.default
             values[f.name] = _env(f.metadata["env"], default, cast) if f.name != "redis_url" else os.environ.get("REDIS_URL") or None
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -116,9 +125,9 @@ class Settings:
             f = by_env.get(name)
             if f is None:
                 raise ValueError(f"unknown setting {name!r}; `routing-engine --help` lists them")
-            cast = {int: int, float: float, bool: bool}.get(type(f.default), str)
+            cast = _cast_of(f)
             try:
-                values[f.name] = (str(raw).strip().lower() in ("1", "true", "yes", "on")) if cast is bool else cast(raw)
+                values[f.name] = _parse(raw, cast)
             except ValueError:
                 raise ValueError(f"{name}={raw!r}: expected {cast.__name__}") from None
         return replace(self, **values)

@@ -60,12 +60,19 @@ async def _final_groups(r: aioredis.Redis, k: Keys, gids: Iterable[str]) -> dict
     return out
 
 
-async def outcomes(r: aioredis.Redis, k: Keys, ids: list[str]) -> dict[str, dict]:
-    """The outcome of each ticket id on prefix `k`: status, category, team, assignee, final group, incident."""
+async def _records(r: aioredis.Redis, k: Keys, ids: list[str]) -> list[dict]:
+    """Each ticket id's raw record hash on prefix `k` (empty when it expired)."""
     async with r.pipeline(transaction=False) as pipe:
         for i in ids:
             pipe.hgetall(k.ticket(i))
-        rows = await pipe.execute()
+        return await pipe.execute()
+
+
+async def outcomes(r: aioredis.Redis, k: Keys, ids: list[str], rows: list[dict] | None = None) -> dict[str, dict]:
+    """The outcome of each ticket id on prefix `k`: status, category, team, assignee, final group, incident.
+    `rows`: the records already read for `ids` (read here when None)."""
+    if rows is None:
+        rows = await _records(r, k, ids)
     recs = {i: render_ticket(h) for i, h in zip(ids, rows) if h}
     finals = await _final_groups(r, k, [rec["group"] for rec in recs.values() if rec.get("group")])
     out = {}
@@ -84,15 +91,12 @@ async def read_recorded(r: aioredis.Redis, k: Keys, *, since_ms: int | None = No
         start=0 if limit else None, num=limit or None)]
     if not ids:
         return []
-    async with r.pipeline(transaction=False) as pipe:
-        for i in ids:
-            pipe.hgetall(k.ticket(i))
-        rows = await pipe.execute()
-    done = await outcomes(r, k, ids)
+    rows = await _records(r, k, ids)
+    done = await outcomes(r, k, ids, rows)
     out = []
     for i, h in zip(ids, rows):
         if not h:
-            continue  # expired between the two reads
+            continue  # in the index, but its record expired
         rec = render_ticket(h)
         out.append(Recorded(_posted(rec), rec["timings"].get("received_at"), done.get(i, {})))
     return out
