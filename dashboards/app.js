@@ -88,6 +88,13 @@ const handlers = {
     state.incidents.delete(e.group);
     touch("incidents");
   },
+  "incident.reopened": (e) => {
+    Object.assign(ticket(e.ticket_id, e.ts), { status: "grouped", group: e.group, incident: true });
+    Object.assign(incident(e.group), { size: +e.size, status: "open", reopened: e.reason });
+    refreshIncidents();
+    touch("incidents");
+  },
+  "incident.followup": (e) => Object.assign(ticket(e.ticket_id, e.ts), { status: "grouped", group: e.group, follows: e.group }),
   "ticket.assigned": (e) => Object.assign(ticket(e.ticket_id, e.ts), { status: "assigned", assignee: e.assignee, team: e.team || undefined }),
   "ticket.queued": (e) => Object.assign(ticket(e.ticket_id, e.ts), { status: "queued", team: e.team }),
   "ticket.attached": (e) => Object.assign(ticket(e.ticket_id, e.ts), { status: "attached", assignee: e.assignee, team: e.team }),

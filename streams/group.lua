@@ -12,11 +12,13 @@
 -- KEYS: 1 sequence, 2 decision log stream, 3 incidents zset, 4 alerts stream, 5 events stream,
 --       6 .. 5+T: the tickets' records, then per group G (in the order of ARGV's group list): hash, members list,
 --       then one record key per member id listed in ARGV (members of merged groups from before this batch)
--- ARGV: 1 expected sequence, 2 now_ms, 3 K (unused: the decision's `o` says), 4 ttl_s, 5 events maxlen, 6 log MINID (ms), 7 T, 8 G, 9 M,
+-- ARGV: 1 expected sequence, 2 now_ms, 3 K (opening is the decision's `o`; K here is the re-open rule's), 4 ttl_s, 5 events maxlen, 6 log MINID (ms), 7 T, 8 G, 9 M,
 --       then G pairs (group id, members expected before the batch or -1 when not checked), then M member ids,
 --       then T pairs (decision JSON {t, g, m: [[merged, survivor]...], u, team, sample, a: alert JSON,
 --       o: 1 when it opens the incident, d: the trail (d.storm: the storm test)}, embedding bytes)
--- Returns {'ok', new sequence, last log entry id, per ticket {final group, size, incident 0/1, alert}}
+-- A ticket joining a resolved incident re-opens it or is a follow-up of it (after_resolve below).
+-- Returns {'ok', new sequence, last log entry id, per ticket {final group, size, incident 0/1, alert,
+--          after-resolve note JSON or ''}}
 --      or {'stale', sequence now}
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 if seq ~= tonumber(ARGV[1]) then
@@ -65,7 +67,35 @@ local function is_incident(gid)
   return redis.call('HGET', ghash[gid], 'incident') == '1'
 end
 
--- the ticket joins group gid: returns size, incident (bool), alert
+-- A ticket joining a resolved incident. Either the outage is back: K tickets since the resolve, and the group
+-- bursting over its baseline at this ticket (its storm test's ratio >= burst; K alone when the test is off) - the
+-- incident re-opens under its own id with the reason and pages once (incident.reopened). Or it is a straggler (people
+-- still reporting what was fixed): a follow-up linked to the resolved incident, routed on its own, no page.
+-- Returns (reopened, note for the ticket's trail).
+local function after_resolve(gid, spec, n, alert_json)
+  local since = redis.call('HINCRBY', ghash[gid], 'since_resolved', 1)
+  local st = type(spec['d']) == 'table' and type(spec['d']['storm']) == 'table' and spec['d']['storm'] or {}
+  local ratio, burst = tonumber(st['ratio']), tonumber(st['burst'])
+  local bursting = st['rule'] == 'k' or (ratio ~= nil and burst ~= nil and ratio >= burst)
+  if since >= K and bursting then
+    local reason = since .. ' tickets since it was resolved'
+    if ratio then reason = reason .. ', arriving at ' .. ratio .. 'x its baseline' end
+    local count = redis.call('HINCRBY', ghash[gid], 'reopen_count', 1)
+    redis.call('HSET', ghash[gid], 'status', 'open', 'reopened_at', now, 'reopen_reason', reason, 'since_resolved', 0)
+    redis.call('ZADD', KEYS[3], now, gid)
+    redis.call('XADD', KEYS[4], '*', 'type', 'incident.reopened', 'group', gid, 'size', n, 'reason', reason,
+      'data', alert_json)
+    event('type', 'incident.reopened', 'ticket_id', spec['t'], 'group', gid, 'size', n, 'reason', reason,
+      'reopen_count', count)
+    return true, {action = 'reopened', incident = gid, reason = reason, since_resolved = since}
+  end
+  local reason = 'like resolved incident ' .. gid .. ' (' .. since .. ' since its resolve; it re-opens at ' .. K ..
+    ' while bursting)'
+  event('type', 'incident.followup', 'ticket_id', spec['t'], 'group', gid, 'size', n, 'reason', reason)
+  return false, {action = 'followup', incident = gid, reason = reason, since_resolved = since}
+end
+
+-- the ticket joins group gid: returns size, incident (bool), alert, note (after a resolve, see above; or nil)
 local function join(gid, spec, alert_json)
   local n = redis.call('HINCRBY', ghash[gid], 'size', 1)
   if n == 1 then
@@ -79,6 +109,19 @@ local function join(gid, spec, alert_json)
   local urgent = spec['u'] == 1
   local alert, evt = 'none', 'ticket.grouped'
   local incident = is_incident(gid)
+  local note = nil
+  if incident and redis.call('HGET', ghash[gid], 'status') == 'resolved' then
+    local reopened
+    reopened, note = after_resolve(gid, spec, n, alert_json)
+    if reopened then
+      event('type', evt, 'ticket_id', spec['t'], 'group', gid, 'size', n)
+      return n, true, 'incident', note
+    end
+    -- a follow-up: not a member of an open incident (routed on its own), no page for it
+    if urgent then alert = 'suppressed' end
+    event('type', evt, 'ticket_id', spec['t'], 'group', gid, 'size', n)
+    return n, false, alert, note
+  end
   if incident then
     if urgent then alert = 'suppressed' end
     evt = 'incident.grew'
@@ -89,7 +132,7 @@ local function join(gid, spec, alert_json)
     alert = 'suppressed'
   end
   event('type', evt, 'ticket_id', spec['t'], 'group', gid, 'size', n)
-  return n, incident, alert
+  return n, incident, alert, nil
 end
 
 -- group m merges into group s (an open incident of m moves to s); returns false (opening is the decision's `o`)
@@ -117,7 +160,7 @@ local function merge(m, s, alert_json)
       s_inc = true
     end
   end
-  local inc = s_inc and '1' or '0'
+  local inc = (s_inc and redis.call('HGET', ghash[s], 'status') ~= 'resolved') and '1' or '0'
   for _, id in ipairs(members) do
     if rec_of[id] and redis.call('EXISTS', rec_of[id]) == 1 then
       redis.call('HSET', rec_of[id], 'group', s, 'incident', inc)
@@ -149,10 +192,10 @@ for i = 1, T do
     'data', raw, 'emb', emb)
   local alert_json = spec['a']
   if redis.call('HEXISTS', rec, 'grouped_seq') == 1 then
-    local v = redis.call('HMGET', rec, 'group', 'group_size', 'incident', 'alert')
-    out[i] = {v[1] or '', tonumber(v[2]) or 0, tonumber(v[3]) or 0, v[4] or 'none'}
+    local v = redis.call('HMGET', rec, 'group', 'group_size', 'incident', 'alert', 'after_resolve')
+    out[i] = {v[1] or '', tonumber(v[2]) or 0, tonumber(v[3]) or 0, v[4] or 'none', v[5] or ''}
   else
-    local _, _, alert = join(spec['g'], spec, alert_json)
+    local _, _, alert, note = join(spec['g'], spec, alert_json)
     for _, pair in ipairs(spec['m']) do
       if merge(pair[1], pair[2], alert_json) then alert = 'incident' end
     end
@@ -163,9 +206,12 @@ for i = 1, T do
       event('type', 'incident.opened', 'ticket_id', spec['t'], 'group', gid, 'size', n)
       alert = 'incident'
     end
-    local inc = is_incident(gid) and 1 or 0
+    -- a member of an open incident (a follow-up of a resolved one is not)
+    local inc = (is_incident(gid) and redis.call('HGET', ghash[gid], 'status') ~= 'resolved') and 1 or 0
+    local note_json = note and cjson.encode(note) or ''
     redis.call('HSET', rec, 'group', gid, 'group_size', n, 'incident', inc, 'alert', alert, 'grouped_seq', seq)
-    out[i] = {gid, n, inc, alert}
+    if note then redis.call('HSET', rec, 'after_resolve', note_json) end
+    out[i] = {gid, n, inc, alert, note_json}
   end
 end
 redis.call('SET', KEYS[1], seq)

@@ -64,7 +64,7 @@ for _, agent in ipairs(agents) do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'type', 'agent.load', 'agent', agent,
     'load', redis.call('HGET', agent_key[agent], 'load'))
 end
-redis.call('HSET', g, 'status', 'resolved', 'resolved_at', ARGV[2])
+redis.call('HSET', g, 'status', 'resolved', 'resolved_at', ARGV[2], 'since_resolved', 0)  -- group.lua re-opens on K since
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'type', 'incident.resolved', 'group', ARGV[1],
   'size', redis.call('HGET', g, 'size') or '0', 'tickets_resolved', n)
 return {'resolved', n, agents}

@@ -257,10 +257,22 @@ def burst(prefix: str, vec: np.ndarray, t_from: float, rate: float, n: int, cate
     return [at(f"{prefix}{i:04d}", vec, t_from + i / rate, category) for i in range(n)]
 
 
-async def run_in_order(st, msgs: list[Enriched], batch: int = 64) -> None:
+async def run_in_order(st, msgs: list[Enriched], batch: int = 64) -> list:
     msgs = sorted(msgs, key=lambda m: m.received_at)
+    outcomes = []
     for i in range(0, len(msgs), batch):
-        await st.process(entries(msgs[i:i + batch]))
+        outcomes += await st.process(entries(msgs[i:i + batch]))
+    return outcomes
+
+
+def trail_of(outcomes, tid: str) -> dict:
+    """The dedup trail a ticket's commit writes to its record (commit.lua's record fields follow ARGV[13])."""
+    for o in outcomes:
+        args = o.writes[0].args
+        if args[6] == tid:
+            flat = args[13:]
+            return orjson.loads(dict(zip(flat[::2], flat[1::2]))["dedup"])
+    raise KeyError(tid)
 
 
 @pytest.fixture
@@ -331,3 +343,60 @@ async def test_storm_state_has_hysteresis_and_closes_after_a_quiet_period(storm_
     assert [x.decode() for x in await r.zrange(k.incidents, 0, -1)] == ["s0000"]  # open all along
     assert len(await alerts_of(r, k, "incident.opened")) == 1
     assert (await r.hget(k.ticket("v0199"), "incident")) == b"1"
+
+
+# ---- after a resolve: the storm coming back re-opens the incident (one page); stragglers are follow-ups
+
+
+async def _resolve(s, r, gid):
+    from routing_engine.infra import operations
+
+    res = await operations.resolve_incident(r, Keys(s.prefix), Scripts(r, s, Keys(s.prefix)), gid)
+    assert res.outcome == "resolved"
+
+
+async def test_stragglers_after_a_resolve_are_followups_and_the_storm_coming_back_reopens_it(storm_settings, r):
+    """A storm at 200/s opens an incident, which an operator resolves. Fifteen reports trickle in afterwards at
+    0.5/s (more than K, at the stream's ordinary per-cluster rate): each is a follow-up linked to the resolved
+    incident, routed on its own, no page. Then the storm comes back at 200/s: once K tickets since the resolve
+    arrived while the group bursts, the incident re-opens under its own id, pages once with the reason, and the
+    later storm tickets are its members again."""
+    s, k = storm_settings, Keys(storm_settings.prefix)
+    st = await _stage(s, r, "d1")
+    v = unit(1, 0.1)
+    await run_in_order(st, background(0, 70) + burst("s", v, 60.0, 200.0, 200, "atm"))
+    assert [x.decode() for x in await r.zrange(k.incidents, 0, -1)] == ["s0000"]
+    await _resolve(s, r, "s0000")
+    stragglers = burst("t", v, 100.0, 0.5, 15, "atm")
+    outcomes = await run_in_order(st, background(70, 190, tag="c") + stragglers)
+    recs = await records(r, k, [m.ticket_id for m in stragglers])
+    for tid, rec in recs.items():
+        assert rec["group"] == "s0000" and rec["incident"] == "0", (tid, rec)
+        note = orjson.loads(rec["after_resolve"])
+        assert note["action"] == "followup" and note["incident"] == "s0000" and "resolved incident s0000" in note["reason"]
+    assert orjson.loads(recs["t0014"]["after_resolve"])["since_resolved"] == 15  # more than K: a trickle is no storm
+    trail = trail_of(outcomes, "t0014")
+    assert trail["after_resolve"]["action"] == "followup" and trail["lane"] == "normal"
+    assert (await r.hget(k.group("s0000"), "status")) == b"resolved"
+    follow = [f for _, f in await r.xrange(k.events) if f[b"type"] == b"incident.followup"]
+    assert len(follow) == 15 and await alerts_of(r, k, "incident.reopened") == []
+
+    again = burst("v", v, 200.0, 200.0, 200, "atm")
+    await run_in_order(st, background(190, 205, tag="e") + again)
+    recs = await records(r, k, [m.ticket_id for m in again])
+    notes = {t: orjson.loads(x["after_resolve"]) for t, x in recs.items() if x.get("after_resolve")}
+    reopener = [t for t, n in notes.items() if n["action"] == "reopened"]
+    assert len(reopener) == 1, notes
+    i = int(reopener[0][1:])
+    assert 0 < i < 50  # within the first tickets of the new burst (a trickle of 15 before it did not)
+    assert all(notes[f"v{j:04d}"]["action"] == "followup" for j in range(i))
+    assert all(recs[f"v{j:04d}"]["incident"] == "1" and f"v{j:04d}" not in notes for j in range(i + 1, 200))
+    g = {f.decode(): x.decode() for f, x in (await r.hgetall(k.group("s0000"))).items()}
+    assert g["status"] == "open" and g["reopen_count"] == "1" and "since it was resolved" in g["reopen_reason"]
+    reopened = await alerts_of(r, k, "incident.reopened")
+    assert len(reopened) == 1 and reopened[0][b"group"] == b"s0000" and b"x its baseline" in reopened[0][b"reason"]
+    assert len(await alerts_of(r, k, "incident.opened")) == 1  # the first page, and only the re-open since
+    from routing_engine.infra import records as rec_read
+
+    inc = await rec_read.get_incident(r, k, "s0000")
+    assert inc["status"] == "open" and inc["reopen_count"] == 1 and inc["reopened_at"]

@@ -22,6 +22,8 @@ STREAM_EVENTS: dict[str, str] = {
     "incident.grew": "a ticket joined an open incident",
     "incident.merged": "a group or incident merged into an incident of the same storm (one id survives; no page)",
     "incident.resolved": "an operator resolved the incident",
+    "incident.reopened": "K tickets joined a resolved incident while its group burst again: it re-opened (one page)",
+    "incident.followup": "a ticket like a resolved incident, not enough to re-open it: linked to it, routed on its own",
     "agent.load": "an agent's load changed",
     "agent.updated": "an agent was created or changed",
     "breaker.state": "the fallback's circuit breaker changed state",
@@ -39,4 +41,5 @@ ALL_EVENTS = {**STREAM_EVENTS, **DERIVED_EVENTS}
 ALERT_TYPES: dict[str, str] = {
     "ticket.urgent": "urgency above the threshold on the first ticket of its group",
     "incident.opened": "a storm group holds K tickets (its later members' alerts are suppressed)",
+    "incident.reopened": "a resolved incident's storm came back (K tickets since the resolve, bursting): `reason` says",
 }

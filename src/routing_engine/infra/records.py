@@ -78,6 +78,10 @@ def _group(h: dict[bytes, bytes]) -> dict:
         "last_at": int(d["last_at"]) if "last_at" in d else None,
         # a group or incident folded into another one of the same storm: that one is the incident now
         "merged_into": d.get("merged_into"),
+        "resolved_at": int(d["resolved_at"]) if "resolved_at" in d else None,
+        # a resolved incident whose storm came back (streams/group.lua): when, how often, why
+        "reopened_at": int(d["reopened_at"]) if "reopened_at" in d else None,
+        "reopen_count": int(d.get("reopen_count", 0)), "reopen_reason": d.get("reopen_reason"),
     }
 
 

@@ -97,6 +97,7 @@ class AlertStage(Stage):
         alert_id = f.get("alert_id", b"").decode() or entry.id  # a retried alert keeps its first id
         return {"type": f["type"].decode(), "group": f.get("group", b"").decode(),
                 "size": int(f.get("size", b"0")), "ticket": orjson.loads(f.get("data", b"{}")),
+                **({"reason": f["reason"].decode()} if "reason" in f else {}),
                 "alert_id": alert_id, "_attempt": int(f.get("attempt", b"1")),
                 "_first_at": int(f.get("first_at", b"0")) or stream_ms(alert_id)}
 

@@ -187,7 +187,7 @@ class DedupStage(Stage):
         s = self.settings
         sent = suppressed = 0
         for entry, msg, d, res in zip(entries, msgs, decisions, results):
-            gid, size, incident, alert = res
+            gid, size, incident, alert, after_resolve = res
             sent += alert in ("sent", "incident")
             suppressed += alert == "suppressed"
             grouping = Grouping(neighbor=d.neighbor, score=d.score, group=gid, joined=d.joined, rule=d.rule,
@@ -196,6 +196,8 @@ class DedupStage(Stage):
                                 merged=list(d.merged), tau_centroid=s.dedup_tau_centroid,
                                 tau_centroid_category=s.dedup_tau_centroid_category, tau_merge=s.dedup_tau_merge)
             out = Deduped.of(msg, grouping)
+            if after_resolve:  # it joined a resolved incident: re-opened it, or a follow-up of it (group.lua)
+                out.dedup["after_resolve"] = orjson.loads(after_resolve)
             stream, lane = self._output(msg, incident)
             out.dedup["lane"] = lane
             outcomes.append(Outcome(entry, writes=[self.scripts.commit(
@@ -211,7 +213,7 @@ class DedupStage(Stage):
 
     async def _claim(self, msgs: list[Enriched], decisions: list[Decision]):
         """Commit the batch's decisions at the sequence they were decided from: per ticket (group, size,
-        incident, alert), or None when another worker committed first."""
+        incident, alert, after-resolve note JSON or ''), or None when another worker committed first."""
         added, fresh = set(self.grouper.added), []
         for m, d in zip(msgs, decisions):
             if m.ticket_id in added:
@@ -257,17 +259,18 @@ class DedupStage(Stage):
             self.seq, self._tail = int(reply[1]), _s(reply[2])
             now = time.time()
             for (msg, _d), res in zip(fresh, reply[3]):
-                by_id[msg.ticket_id] = [_s(res[0]), int(res[1]), int(res[2]), _s(res[3])]
+                by_id[msg.ticket_id] = [_s(res[0]), int(res[1]), int(res[2]), _s(res[3]), _s(res[4])]
                 self._add(msg.ticket_id, msg.emb, now)
         # tickets grouped before (a redelivery): their record holds the answer
         rest = [m for m in msgs if m.ticket_id not in by_id]
         if rest:
             async with self.r.pipeline(transaction=False) as pipe:
                 for m in rest:
-                    pipe.hmget(self.keys.ticket(m.ticket_id), "group", "group_size", "incident", "alert")
+                    pipe.hmget(self.keys.ticket(m.ticket_id), "group", "group_size", "incident", "alert",
+                               "after_resolve")
                 rows = await pipe.execute()
-            for m, (g, n, inc, alert) in zip(rest, rows):
-                by_id[m.ticket_id] = [_s(g) or m.ticket_id, int(n or 0), int(inc or 0), _s(alert) or "none"]
+            for m, (g, n, inc, alert, after) in zip(rest, rows):
+                by_id[m.ticket_id] = [_s(g) or m.ticket_id, int(n or 0), int(inc or 0), _s(alert) or "none", _s(after)]
         return [by_id[m.ticket_id] for m in msgs]
 
 

@@ -203,7 +203,7 @@ class Hub:
     def _observe(self, ts_ms: int, etype: str, fields: dict[bytes, bytes]) -> None:
         if etype == "ticket.received":
             self.meter.add(ts_ms)
-        elif etype in ("ticket.grouped", "incident.grew", "incident.opened"):
+        elif etype in ("ticket.grouped", "incident.grew", "incident.opened", "incident.reopened"):
             g = fields.get(b"group")
             if g:
                 self.group_hits.append((ts_ms // 1000, g.decode()))
