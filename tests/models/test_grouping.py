@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from routing_engine.models.grouping import Grouper, GroupingRule
+from routing_engine.models.grouping import Grouper, GroupingRule, _cosines, survivor_key
 
 
 def unit(*xs: float) -> np.ndarray:
@@ -165,3 +165,106 @@ def test_a_rolled_back_batch_leaves_no_trace_and_a_replayed_log_gives_the_same_g
         other.apply(t, vec[t], "atm", 0.0, d)  # the decision carries its time
     assert _state(other) == _state(g)
     assert [d.opens for _, d in decided].count(True) == 1
+
+
+class _Reference(Grouper):
+    """The straightforward rule the Grouper's centroid cache must decide exactly like: every candidate group's
+    total stacked and compared per ticket, the merge candidates listed one by one (as before the cache)."""
+
+    def _best_group(self, vec, evidence, neighbours):
+        r = self.rule
+        candidates = {g.gid: g for g in self._multi()}
+        for nbr, _ in neighbours:
+            gid = self.group_of_ticket(nbr)
+            if gid is not None and gid in self.groups:
+                candidates.setdefault(gid, self.groups[gid])
+        best = None
+        cands = list(candidates.values())
+        for g, s in zip(cands, _cosines(cands, vec)):
+            if s >= r.tau_centroid:
+                rule = "centroid"
+            elif s >= r.tau_centroid_category and g.category in evidence:
+                rule = "centroid_category"
+            else:
+                continue
+            if best is None or (s, g.n) > best[:2] or ((s, g.n) == best[:2] and g.gid < best[2]):
+                best = (s, g.n, g.gid, rule)
+        return best
+
+    def _merge(self, gid, ts):
+        r = self.rule
+        g = self.groups[gid]
+        if g.n < r.min_merge_size:
+            return gid, []
+        same = [o for o in self._multi() if o.gid != gid and o.n >= r.min_merge_size and o.category == g.category]
+        close = sorted((o for o, s in zip(same, _cosines(same, g.centroid)) if s >= r.tau_merge), key=survivor_key)
+        pairs = []
+        if close:
+            survivor = min([g, *close], key=survivor_key)
+            for other in [g, *close]:
+                if other is not survivor:
+                    self._absorb(survivor, other, ts)
+                    pairs.append((other.gid, survivor.gid))
+            g = survivor
+        return g.gid, pairs
+
+
+def _seeded_stream(seed: int, n: int = 1500, dim: int = 24):
+    """Tickets of 12 intents (a direction each, reworded with noise), two of them confusable, a storm of one intent
+    in the middle, predicted labels that are sometimes wrong: enough to exercise every rule, merges and storms."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(12, dim))
+    base[1] = base[0] + 0.6 * rng.normal(size=dim)  # a confusable pair of intents
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    out, t = [], 0.0
+    for i in range(n):
+        storm = 500 <= i < 800
+        t += rng.exponential(0.02 if storm else 0.1)
+        intent = 3 if storm and rng.random() < 0.8 else int(rng.integers(12))
+        v = base[intent] + rng.normal(scale=rng.choice([0.05, 0.15, 0.3]), size=dim) / np.sqrt(dim) * 4
+        v /= np.linalg.norm(v)
+        guess = intent if rng.random() < 0.85 else int(rng.integers(12))
+        second = int(rng.integers(12))
+        p = float(rng.uniform(0.4, 0.95))
+        out.append((f"t{i}", v, f"c{guess}", [(f"c{guess}", p), (f"c{second}", 1 - p)], t))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_centroid_cache_decides_exactly_as_the_straightforward_rule(seed):
+    rule = GroupingRule(tau_centroid=0.9, tau_centroid_category=0.55, tau_merge=0.65)
+    stream = _seeded_stream(seed)
+    fast, ref = Grouper(rule, incident_k=10), _Reference(rule, incident_k=10)
+    seen: list = []
+    rules, merges, opens = set(), 0, 0
+    for lo in range(0, len(stream), 40):  # batches, some rolled back and decided again, the window expiring
+        batch = stream[lo:lo + 40]
+        for g in (fast, ref):
+            g.forget([tid for tid, *_, ts in seen if ts < batch[0][4] - 60])
+        seen = [x for x in seen if x[4] >= batch[0][4] - 60]
+        for attempt in range(2 if lo % 200 == 0 else 1):
+            out = []
+            for g in (fast, ref):
+                g.begin()
+                decided = []
+                for i, (tid, v, cat, tp, ts) in enumerate(batch):
+                    pool = seen + batch[:i]
+                    sims = np.stack([x[1] for x in pool]) @ v if pool else np.zeros(0)
+                    near = [(pool[j][0], float(sims[j])) for j in np.argsort(-sims)[:8]]
+                    decided.append(g.assign(tid, v, cat, tp, ts, near))
+                out.append(decided)
+            for a, b in zip(*out):
+                assert (a.trail(), a.merges, a.opens, a.state) == (b.trail(), b.merges, b.opens, b.state)
+            if attempt == 0 and lo % 200 == 0:
+                fast.rollback()
+                ref.rollback()
+                continue
+            fast.keep()
+            ref.keep()
+            for d in out[0]:
+                rules.add(d.rule)
+                merges += bool(d.merges)
+                opens += d.opens
+        seen += batch
+        assert _state(fast) == _state(ref)
+    assert {"centroid", "centroid_category", "none"} <= rules and merges and opens

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 
@@ -79,6 +80,9 @@ class GroupingRule:
     fringe_ratio: float = 0.1
 
 
+_TRACKED = frozenset({"total", "n", "categories", "merged_into"})  # what the centroid cache holds of a group
+
+
 @dataclass
 class Group:
     gid: str
@@ -96,6 +100,13 @@ class Group:
     storm: bool = False  # in storm state (see GroupingRule)
     storm_ts: float | None = None  # when the storm state began
     hot_until: float = 0.0  # the fast rate stays above storm_calm x baseline until then (absent new tickets)
+    # the dirty set of the Grouper whose `groups` hold this object (not a field: copies are snapshots, unowned)
+    _sink: ClassVar[set | None] = None
+
+    def __setattr__(self, name, value) -> None:
+        object.__setattr__(self, name, value)
+        if name in _TRACKED and self._sink is not None:  # `g.total = ...`, `g.n += 1`, ...: the cache row is stale
+            self._sink.add(self.gid)
 
     def copy(self) -> Group:
         return replace(self, total=self.total.copy(), categories=Counter(self.categories))
@@ -213,6 +224,124 @@ def _cosines(groups: list[Group], vec: np.ndarray) -> list[float]:
     return ((totals @ vec) / norms).tolist()
 
 
+class _GroupDict(dict):
+    """The Grouper's groups: a group put in is owned (its tracked fields report to `dirty`); every key set or
+    removed is reported too, so the centroid cache follows whatever changed the groups."""
+
+    def __init__(self, dirty: set, items=()):
+        super().__init__()
+        self._dirty = dirty
+        for k, v in dict(items).items():
+            self[k] = v
+
+    def __setitem__(self, gid, g) -> None:
+        super().__setitem__(gid, g)
+        object.__setattr__(g, "_sink", self._dirty)
+        self._dirty.add(gid)
+
+    def __delitem__(self, gid) -> None:
+        super().__delitem__(gid)
+        self._dirty.add(gid)
+
+    def pop(self, gid, *default):
+        self._dirty.add(gid)
+        return super().pop(gid, *default)
+
+    def popitem(self):
+        gid, g = super().popitem()
+        self._dirty.add(gid)
+        return gid, g
+
+    def setdefault(self, gid, default=None):
+        if gid not in self:
+            self[gid] = default
+        return self[gid]
+
+    def update(self, *args, **kw) -> None:
+        for k, v in dict(*args, **kw).items():
+            self[k] = v
+
+    def clear(self) -> None:
+        self._dirty.update(self)
+        super().clear()
+
+
+class _Centroids:
+    """The live groups of two or more members (n >= 2, not merged away: the candidates of every ticket) as rows of
+    one matrix of their totals, with the norms, sizes and main categories, so a ticket is compared with all of
+    them in one matrix-vector product instead of stacking every group's total for each ticket. Rows follow the
+    groups lazily: a group whose total, size, categories or merge changed (or that was added or removed) is in
+    `dirty` (Group.__setattr__, _GroupDict) and its row is rewritten at the next `sync`. The cosines are the
+    same arithmetic as `_cosines` (total . v / max(|total|, 1e-12))."""
+
+    def __init__(self):
+        self.dirty: set[str] = set()
+        self.row_of: dict[str, int] = {}
+        self.gid_of: list[str | None] = []
+        self.free: list[int] = []
+        self.hi = 0  # rows [0, hi) are in use or free holes
+        self.tot = np.zeros((0, 0))
+        self.norm = np.ones(0)
+        self.n = np.zeros(0, dtype=np.int64)
+        self.cat = np.full(0, -1, dtype=np.int64)  # category code; -1: none
+        self.live = np.zeros(0, dtype=bool)
+        self.codes: dict[str | None, int] = {None: -1}
+
+    def code(self, category: str | None) -> int:
+        c = self.codes.get(category)
+        if c is None:
+            c = self.codes[category] = len(self.codes) - 1
+        return c
+
+    def _grow(self, dim: int) -> None:
+        cap = max(64, 2 * len(self.gid_of))
+        tot = np.zeros((cap, dim))
+        if self.hi:
+            tot[: self.tot.shape[0]] = self.tot
+        self.tot = tot
+        self.norm = np.concatenate([self.norm, np.ones(cap - len(self.norm))])
+        self.n = np.concatenate([self.n, np.zeros(cap - len(self.n), dtype=np.int64)])
+        self.cat = np.concatenate([self.cat, np.full(cap - len(self.cat), -1, dtype=np.int64)])
+        self.live = np.concatenate([self.live, np.zeros(cap - len(self.live), dtype=bool)])
+        self.gid_of += [None] * (cap - len(self.gid_of))
+
+    def sync(self, groups: dict[str, Group]) -> None:
+        while self.dirty:
+            gid = self.dirty.pop()
+            g = groups.get(gid)
+            row = self.row_of.get(gid)
+            if g is None or g.n < 2 or g.merged_into is not None:
+                if row is not None:
+                    del self.row_of[gid]
+                    self.gid_of[row], self.live[row], self.n[row], self.cat[row] = None, False, 0, -1
+                    self.tot[row] = 0.0
+                    self.norm[row] = 1.0
+                    self.free.append(row)
+                continue
+            if row is None:
+                if self.free:
+                    row = self.free.pop()
+                else:
+                    if self.hi >= len(self.gid_of) or not self.hi:
+                        self._grow(len(g.total))
+                    row, self.hi = self.hi, self.hi + 1
+                self.row_of[gid], self.gid_of[row], self.live[row] = row, gid, True
+            self.tot[row] = g.total
+            self.norm[row] = max(float(np.linalg.norm(self.tot[row: row + 1], axis=1)[0]), 1e-12)
+            self.n[row] = g.n
+            self.cat[row] = self.code(g.category)
+
+    def rebuild(self, groups: dict[str, Group]) -> None:
+        self.dirty.update(groups)
+        self.dirty.update(self.row_of)
+
+    def cosines(self, vec: np.ndarray) -> np.ndarray:
+        """Cosine of every row (0 for free rows: mask with `live`)."""
+        if not self.hi:
+            return np.zeros(0)
+        return (self.tot[: self.hi] @ vec) / self.norm[: self.hi]
+
+
 def survivor_key(g: Group) -> tuple:
     """Which of several merging groups survives: an open incident first (the earliest), else the oldest group."""
     return (g.incident_ts is None, g.incident_ts if g.incident_ts is not None else g.first_ts, g.first_ts, g.gid)
@@ -224,15 +353,28 @@ class Grouper:
     def __init__(self, rule: GroupingRule | None = None, incident_k: int = 10):
         self.rule = rule or GroupingRule()
         self.incident_k = incident_k
-        self.groups: dict[str, Group] = {}
+        self._cache = _Centroids()
+        self.groups = {}
         self.group_of: dict[str, str] = {}  # ticket id -> group id (as decided; follow `resolve` for merges)
         self.category_of: dict[str, str] = {}
         self.decisions: dict[str, Decision] = {}  # ticket id -> its decision, while in the window
         self._journal: dict[str, Group | None] | None = None  # groups as they were before the open batch
-        self._live_multi: set[str] = set()  # groups of 2+ members not merged away: the candidates of every ticket
+        # groups of 2+ members not merged away: the candidates of every ticket (as rows of _cache: the same set,
+        # which the cache derives from the groups themselves)
+        self._live_multi: set[str] = set()
+        self.apart: set[frozenset] = set()  # pairs of groups an operator separated: never merged automatically
         self._added: list[str] = []
         self.base = Baseline()
         self._base_saved: Baseline | None = None
+
+    @property
+    def groups(self) -> dict[str, Group]:
+        return self._groups
+
+    @groups.setter
+    def groups(self, groups: dict[str, Group]) -> None:
+        self._groups = _GroupDict(self._cache.dirty, groups)
+        self._cache.rebuild(self._groups)
 
     # ---- speculative batches: decide, then keep or roll back (another worker decided first)
 
@@ -299,23 +441,7 @@ class Grouper:
             return Decision(gid, gid != tid, "redelivered", 1.0, None, -1.0, joined_group=gid)
         nearest = neighbours[0] if neighbours else (None, -1.0)
         evidence = {lab for lab, p in top[: r.top_labels] if p >= r.min_label_p} | {category}
-        candidates: dict[str, Group] = {g.gid: g for g in self._multi()}
-        for nbr, _ in neighbours:
-            gid = self.group_of_ticket(nbr)
-            if gid is not None and gid in self.groups:
-                candidates.setdefault(gid, self.groups[gid])
-        best: tuple[float, int, str, str] | None = None  # (score, size, gid, rule)
-        cands = list(candidates.values())
-        for g, s in zip(cands, _cosines(cands, vec)):
-            if s >= r.tau_centroid:
-                rule = "centroid"
-            elif s >= r.tau_centroid_category and g.category in evidence:
-                rule = "centroid_category"
-            else:
-                continue
-            key = (s, g.n, g.gid, rule)
-            if best is None or key[:2] > best[:2]:
-                best = key
+        best = self._best_group(vec, evidence, neighbours)  # (score, size, gid, rule)
         if best is not None:
             decision = Decision(best[2], True, best[3], round(best[0], 4), nearest[0], round(nearest[1], 4))
         else:
@@ -348,6 +474,38 @@ class Grouper:
         decision.state = [int(g.storm), g.storm_ts, g.hot_until, g.incident_ts]
         self.decisions[tid] = decision
         return decision
+
+    def _best_group(self, vec: np.ndarray, evidence: set[str],
+                    neighbours: list[tuple[str, float]]) -> tuple[float, int, str, str] | None:
+        """The group a ticket joins by its centroid, of every live group of 2+ and its neighbours' groups: the
+        highest cosine (then the bigger group, then the smaller id) among those at tau_centroid, or at
+        tau_centroid_category with their main category in the evidence. (score, size, gid, rule) or None."""
+        r = self.rule
+        cache = self._cache
+        cache.sync(self.groups)
+        found: list[tuple[float, int, str]] = []
+        if cache.hi:
+            sims = cache.cosines(vec)
+            codes = [cache.codes[c] for c in evidence if c in cache.codes]
+            ok = cache.live[: cache.hi] & (sims >= r.tau_centroid_category)
+            ok &= (sims >= r.tau_centroid) | np.isin(cache.cat[: cache.hi], codes)
+            rows = np.flatnonzero(ok)
+            if len(rows):
+                top = rows[sims[rows] == sims[rows].max()]
+                found += [(float(sims[i]), int(cache.n[i]), cache.gid_of[i]) for i in top]
+        extra: dict[str, Group] = {}  # neighbours' groups that are not rows (a single ticket's)
+        for nbr, _ in neighbours:
+            gid = self.group_of_ticket(nbr)
+            if gid is not None and gid not in cache.row_of and gid in self.groups:
+                extra.setdefault(gid, self.groups[gid])
+        cands = list(extra.values())
+        for g, s in zip(cands, _cosines(cands, vec)):
+            if s >= r.tau_centroid or (s >= r.tau_centroid_category and g.category in evidence):
+                found.append((s, g.n, g.gid))
+        if not found:
+            return None
+        s, n, gid = min(found, key=lambda x: (-x[0], -x[1], x[2]))
+        return s, n, gid, "centroid" if s >= r.tau_centroid else "centroid_category"
 
     def apply(self, tid: str, vec: np.ndarray, category: str, ts: float, decision: Decision) -> None:
         """Replay a decision another worker made (read from the shared log): the same state as deciding it here."""
@@ -488,9 +646,21 @@ class Grouper:
             return gid, []
         c = g.centroid
         pairs: list[tuple[str, str]] = []
-        same = [o for o in self._multi() if o.gid != gid and o.n >= r.min_merge_size and o.category == g.category]
-        close = [o for o, sim in zip(same, _cosines(same, c)) if sim >= r.tau_merge]
+        cache = self._cache
+        cache.sync(self.groups)
+        close: list[Group] = []
+        if cache.hi:  # the other live groups of the same main category with min_merge_size members
+            same = cache.live[: cache.hi] & (cache.n[: cache.hi] >= r.min_merge_size)
+            same &= cache.cat[: cache.hi] == cache.code(g.category)
+            if gid in cache.row_of:
+                same[cache.row_of[gid]] = False
+            rows = np.flatnonzero(same)
+            if len(rows):
+                sims = (cache.tot[rows] @ c) / cache.norm[rows]
+                close = [self.groups[cache.gid_of[i]] for i in rows[sims >= r.tau_merge]]
+        close = [o for o in close if frozenset((g.gid, o.gid)) not in self.apart]  # an operator split them
         if close:
+            close.sort(key=survivor_key)  # merged in a fixed order: the oldest first
             survivor = min([g, *close], key=survivor_key)
             for other in [g, *close]:
                 if other is not survivor:
