@@ -183,8 +183,8 @@ class Baseline:
         if ts <= self.ts:
             return
         fs, ff = 0.5 ** ((ts - self.ts) / h_slow), 0.5 ** ((ts - self.ts) / h_fast)
-        self.slow = {c: v * fs for c, v in self.slow.items() if v * fs > 1e-3}
-        self.fast = {c: v * ff for c, v in self.fast.items() if v * ff > 1e-3}
+        self.slow = {c: x for c, v in self.slow.items() if (x := v * fs) > 1e-3}
+        self.fast = {c: x for c, v in self.fast.items() if (x := v * ff) > 1e-3}
         self.ts = ts
 
     def add(self, ts: float, category: str, h_slow: float, h_fast: float) -> None:
@@ -196,7 +196,8 @@ class Baseline:
 
     def lagged(self) -> dict:
         """category -> decayed count of the tickets before the last few seconds."""
-        return {c: max(0.0, v - self.fast.get(c, 0.0)) for c, v in self.slow.items()}
+        fast = self.fast.get
+        return {c: d if (d := v - fast(c, 0.0)) > 0.0 else 0.0 for c, v in self.slow.items()}  # max(0, v - fast)
 
 
 def _span(elapsed: float, h_slow: float, h_fast: float) -> float:
@@ -327,7 +328,8 @@ class _Centroids:
                     row, self.hi = self.hi, self.hi + 1
                 self.row_of[gid], self.gid_of[row], self.live[row] = row, gid, True
             self.tot[row] = g.total
-            self.norm[row] = max(float(np.linalg.norm(self.tot[row: row + 1], axis=1)[0]), 1e-12)
+            t = self.tot[row]
+            self.norm[row] = max(float(np.sqrt(np.add.reduce(t * t))), 1e-12)  # = np.linalg.norm(axis=1)
             self.n[row] = g.n
             self.cat[row] = self.code(g.category)
 
@@ -486,10 +488,14 @@ class Grouper:
         found: list[tuple[float, int, str]] = []
         if cache.hi:
             sims = cache.cosines(vec)
-            codes = [cache.codes[c] for c in evidence if c in cache.codes]
             ok = cache.live[: cache.hi] & (sims >= r.tau_centroid_category)
-            ok &= (sims >= r.tau_centroid) | np.isin(cache.cat[: cache.hi], codes)
-            rows = np.flatnonzero(ok)
+            if not ok.any():
+                rows = ()
+            else:
+                in_evidence = np.zeros(len(cache.codes) + 1, dtype=bool)  # by code + 1 (-1: no category)
+                in_evidence[[cache.codes[c] + 1 for c in evidence if c in cache.codes]] = True
+                ok &= (sims >= r.tau_centroid) | in_evidence[cache.cat[: cache.hi] + 1]
+                rows = np.flatnonzero(ok)
             if len(rows):
                 top = rows[sims[rows] == sims[rows].max()]
                 found += [(float(sims[i]), int(cache.n[i]), cache.gid_of[i]) for i in top]
