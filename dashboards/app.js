@@ -94,6 +94,12 @@ const handlers = {
     refreshIncidents();
     touch("incidents");
   },
+  "incident.split": (e) => {
+    const inc = state.incidents.get(e.group);
+    if (inc) inc.size = +e.size;
+    refreshIncidents();
+    touch("incidents");
+  },
   "incident.followup": (e) => Object.assign(ticket(e.ticket_id, e.ts), { status: "grouped", group: e.group, follows: e.group }),
   "ticket.assigned": (e) => Object.assign(ticket(e.ticket_id, e.ts), { status: "assigned", assignee: e.assignee, team: e.team || undefined }),
   "ticket.queued": (e) => Object.assign(ticket(e.ticket_id, e.ts), { status: "queued", team: e.team }),

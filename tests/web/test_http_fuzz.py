@@ -29,6 +29,8 @@ SECRET = "fz-secret"
 ROUTES = [("POST", "/v1/tickets"), ("GET", "/v1/tickets"), ("POST", "/v1/tickets/batch"),
           ("GET", "/v1/tickets/{ticket_id}"), ("POST", "/v1/tickets/{ticket_id}/resolve"), ("GET", "/v1/incidents"),
           ("GET", "/v1/incidents/{incident_id}"), ("POST", "/v1/incidents/{incident_id}/resolve"),
+          ("POST", "/v1/incidents/{incident_id}/split"), ("POST", "/v1/incidents/{incident_id}/move-out"),
+          ("POST", "/v1/incidents/{incident_id}/move"), ("POST", "/v1/incidents/{incident_id}/merge"),
           ("GET", "/v1/events"), ("GET", "/"), ("GET", "/login"), ("POST", "/login"), ("GET", "/v1/agents"),
           ("PUT", "/v1/agents/{agent_id}"), ("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/openapi.json")]
 LOOSE = ":.@!$&'()*+,;=~-_"  # left raw in a path segment by the loose escaping
@@ -109,9 +111,14 @@ _good_ticket = st.fixed_dictionaries({"subject": _text.filter(str.strip), "body"
     "channel": st.sampled_from(["email", "chat"]), "created_at": st.just("2024-01-01T00:00:00Z"),
     "metadata": st.dictionaries(_text, _json_scalar, max_size=3)})
 _some_ticket = st.integers(0, 2).flatmap(lambda i: _ticket if i == 0 else _good_ticket)
+_regroup = st.fixed_dictionaries({}, optional={"ticket_ids": st.one_of(st.lists(_ids, max_size=4), _json_scalar),
+                                              "to": st.one_of(_ids, _json_scalar),
+                                              "into": st.one_of(_ids, _json_scalar)})
 _FITTING = {"/v1/tickets": _some_ticket.map(lambda d: json.dumps(d).encode()),
             "/v1/tickets/batch": st.lists(_some_ticket, min_size=1, max_size=8).map(lambda d: json.dumps(d).encode()),
-            "/v1/agents/{agent_id}": _agent.map(lambda d: json.dumps(d).encode())}
+            "/v1/agents/{agent_id}": _agent.map(lambda d: json.dumps(d).encode()),
+            **{f"/v1/incidents/{{incident_id}}/{op}": _regroup.map(lambda d: json.dumps(d).encode())
+               for op in ("split", "move-out", "move", "merge")}}
 _content_types = st.one_of(st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain",
                                             "application/x-www-form-urlencoded", "multipart/form-data", "",
                                             "application/json; charset=latin-1", "APPLICATION/JSON"]), _header_text)

@@ -23,6 +23,7 @@ STREAM_EVENTS: dict[str, str] = {
     "incident.merged": "a group or incident merged into an incident of the same storm (one id survives; no page)",
     "incident.resolved": "an operator resolved the incident",
     "incident.reopened": "K tickets joined a resolved incident while its group burst again: it re-opened (one page)",
+    "incident.split": "an operator split tickets off an incident, moved them out or to another group (kind says)",
     "incident.followup": "a ticket like a resolved incident, not enough to re-open it: linked to it, routed on its own",
     "agent.load": "an agent's load changed",
     "agent.updated": "an agent was created or changed",

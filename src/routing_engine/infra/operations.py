@@ -1,6 +1,6 @@
-"""Operator actions that change several tickets at once: resolve a ticket, resolve a master incident, fill free
-slots from the queues (run after both, after an agent change and when the route stage queues a ticket behind
-waiting ones while an agent is free).
+"""Operator actions that change several tickets at once: resolve a ticket, resolve a master incident, regroup an
+incident's tickets (split, move out, move, merge back), fill free slots from the queues (run after these, after an
+agent change and when the route stage queues a ticket behind waiting ones while an agent is free).
 
 Each reads what it needs (assignee, team, queue heads, members), then runs one atomic script that gets every
 key it touches; when something moved between the read and the script, the script writes nothing and answers
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
 import redis.asyncio as aioredis
 import structlog
 
-from ..errors import RoutingError
+from ..errors import BadRequest, Conflict, NotFound, RoutingError
 from .agents import agent_ids
 from .keys import EVENTS_MAXLEN, Keys
 from .scripts import STATUS_LIST, Scripts, now_ms
@@ -156,3 +157,92 @@ async def fill_after(r: aioredis.Redis, k: Keys, scripts: Scripts, cause: str) -
     except Contended:
         log.warning("fill.contended", cause=cause)
         return []
+
+
+@dataclass
+class Regrouped:
+    kind: str  # split | out | move | merge
+    source: str
+    target: str
+    moved: int
+    queued: list[str]  # riders of the source's assignee that nobody covers now: queued on their teams
+    attached: int  # riders now on the target incident's assignee
+
+
+REGROUP_KINDS = ("split", "out", "move", "merge")
+MAX_REGROUP = 1000  # ticket ids one call may move (bounds the script's KEYS)
+
+
+async def regroup(r: aioredis.Redis, k: Keys, scripts: Scripts, kind: str, source: str, tickets: list[str],
+                  target: str = "", log_window_s: int = 300) -> Regrouped:
+    """An operator moves tickets between groups (streams/regroup.lua): `split` makes `tickets` a new incident,
+    `out` a new group that is no incident, `move` adds them to the existing `target`, `merge` moves every member of
+    `source` to `target` and points `source` to it. Raises NotFound / Conflict / BadRequest with the reason."""
+    if kind not in REGROUP_KINDS:
+        raise BadRequest(f"unknown regroup kind {kind!r}")
+    h = await r.hgetall(k.group(source))
+    if not h:
+        raise NotFound(f"no incident or group {source!r}")
+    if into := h.get(b"merged_into"):
+        raise Conflict(f"{source!r} was merged into {_s(into)!r}: regroup that one")
+    if kind in ("move", "merge"):
+        for _ in range(50):  # a target merged away: its survivor
+            into = await r.hget(k.group(target), "merged_into")
+            if not into:
+                break
+            target = _s(into)
+        if target == source:
+            raise BadRequest(f"{source!r} cannot {kind} into itself", field="into" if kind == "merge" else "to")
+        if not await r.exists(k.group(target)):
+            raise NotFound(f"no incident or group {target!r} to {kind} into")
+    for _ in range(ATTEMPTS):
+        members = [_s(m) for m in await r.lrange(k.members(source), 0, -1)]
+        ids = list(members) if kind == "merge" else list(dict.fromkeys(tickets))
+        if kind != "merge":
+            missing = sorted(set(ids) - set(members))
+            if missing:
+                raise BadRequest(f"not members of {source!r}: {', '.join(missing[:20])}", field="ticket_ids")
+            if len(ids) == len(members):
+                raise BadRequest(f"that is every member of {source!r}: merge it, or resolve it, instead",
+                                 field="ticket_ids")
+        if len(ids) > MAX_REGROUP:
+            raise BadRequest(f"at most {MAX_REGROUP} tickets per call", field="ticket_ids")
+        dst = target
+        if kind in ("split", "out"):
+            n = 1
+            while await r.exists(k.group(f"{source}.{kind}{n}")):
+                n += 1
+            dst = f"{source}.{kind}{n}"
+        assignee = _s(await r.hget(k.group(dst), "assignee")) if kind in ("move", "merge") else ""
+        if not assignee and kind == "merge":
+            assignee = _s(h.get(b"assignee"))
+        async with r.pipeline(transaction=False) as pipe:
+            for t in ids:
+                pipe.hget(k.ticket(t), "team")
+            teams = [_s(x) for x in await pipe.execute()]
+        sample = _s(h.get(b"sample"))
+        if kind in ("split", "out"):  # the new group's sample: its first ticket's subject
+            raw = await r.hget(k.ticket(ids[0]), "ticket")
+            t = orjson.loads(raw) if raw else {}
+            sample = ((t.get("subject") or t.get("body") or "")[:200]) or sample
+        keys = [k.dedup_seq, k.dedup_log, k.incidents, k.events, k.group(source), k.members(source), k.group(dst),
+                k.members(dst), k.agent(assignee) if assignee else k.group(dst), *k.idx_statuses]
+        for t, team in zip(ids, teams):
+            keys += [k.ticket(t), k.queue(team or "_none")]
+        log_min = now_ms() - (log_window_s + 60) * 1000
+        reply = await scripts.call("regroup", keys, [kind, source, dst, now_ms(), EVENTS_MAXLEN, log_min, STATUS_LIST,
+                                                      len(members), sample, _s(h.get(b"team")), *ids])
+        outcome = _s(reply[0])
+        if outcome == "stale":
+            continue
+        if outcome == "error":
+            why = _s(reply[1])
+            if why.startswith("not_member:"):
+                raise BadRequest(f"{why[11:]!r} is not a member of {source!r}", field="ticket_ids")
+            raise Conflict(f"cannot {kind} {source!r}: {why.replace('_', ' ')}")
+        queued = [_s(x) for x in reply[3]]
+        log.info("incident.regrouped", kind=kind, source=source, target=dst, moved=int(reply[2]), queued=len(queued))
+        if queued:
+            await fill_after(r, k, scripts, f"incident {kind}")
+        return Regrouped(kind, source, dst, int(reply[2]), queued, int(reply[4]))
+    raise Contended(f"{source!r} kept changing while being regrouped; try again")

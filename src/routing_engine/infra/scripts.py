@@ -22,7 +22,7 @@ from ..resources import streams_dir
 from .keys import EVENTS_MAXLEN, Keys
 
 SCRIPT_NAMES = ("ingest", "commit", "group", "route", "resolve", "resolve_incident", "fill", "mark_dead",
-                "alerts_due", "alerts_replay")
+                "alerts_due", "alerts_replay", "regroup")
 STATUS_LIST = ",".join(STATUSES)
 # Streams a consumer group reads (ingest lanes, escalate, enriched, deduped, alerts) are never trimmed by length:
 # MAXLEN would delete entries no worker has read or acked yet. Their ARGV slot for a maxlen gets this; only

@@ -27,6 +27,7 @@ class WindowIndex:
         self.bucket_s = bucket_s or max(window_s / 10, 1.0)
         self._buckets: deque[_Bucket] = deque()
         self._known: set[str] = set()
+        self._where: dict[str, tuple[_Bucket, int]] = {}  # id -> its bucket and row (an operator's regroup reads it)
 
     def __len__(self) -> int:
         return sum(len(b.ids) for b in self._buckets)
@@ -41,6 +42,8 @@ class WindowIndex:
         while self._buckets and self._buckets[0].start + self.bucket_s < now - self.window_s:
             old = self._buckets.popleft()
             self._known.difference_update(old.ids)
+            for t in old.ids:
+                self._where.pop(t, None)
             gone += old.ids
         return gone
 
@@ -53,6 +56,12 @@ class WindowIndex:
         b.index.add(np.ascontiguousarray(vec.reshape(1, -1), dtype=np.float32))
         b.ids.append(ticket_id)
         self._known.add(ticket_id)
+        self._where[ticket_id] = (b, len(b.ids) - 1)
+
+    def vector(self, ticket_id: str) -> np.ndarray | None:
+        """The stored vector of a ticket still in the window (None once it left)."""
+        where = self._where.get(ticket_id)
+        return None if where is None else where[0].index.reconstruct(where[1])
 
     def search(self, vecs: np.ndarray, k: int = 1) -> list[list[tuple[str, float]]]:
         """Up to k nearest (id, cosine) per row over the whole window, best first."""

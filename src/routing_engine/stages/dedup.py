@@ -14,7 +14,9 @@ between, the worker rolls its decisions back, replays the newer entries and deci
 joining and merging are atomic and linearised: two tickets of a new storm handled at the same moment by two
 workers end in one group, whatever the timing (optimistic concurrency; a stalled worker can only lose its turn,
 never commit a decision made on an old view). Sharding by category was the alternative, rejected because
-storms spill across predicted categories and the rule joins across them.
+storms spill across predicted categories and the rule joins across them. An operator's split, move-out, move or
+merge (streams/regroup.lua) is an entry of the same log: every worker applies it (models/regroup.py) before its
+next batch.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..domain.messages import Deduped, Enriched, Grouping
 from ..infra.runtime import Entry, Outcome, Stage, StageContext
 from ..infra.scripts import now_ms
 from ..models.grouping import Decision, Grouper, GroupingRule
+from ..models.regroup import regroup
 from ..models.window_index import WindowIndex
 
 log = structlog.get_logger("dedup")
@@ -101,7 +104,14 @@ class DedupStage(Stage):
             rows = resp[0][1]
             for eid, f in rows:
                 seq = int(f[b"seq"])
-                if seq > self.seq:
+                if seq > self.seq and b"op" in f:  # an operator's regroup (streams/regroup.lua)
+                    op = orjson.loads(f[b"op"])
+                    vecs = {t: v for t in op["tids"] if self.index is not None
+                            and (v := self.index.vector(t)) is not None}
+                    regroup(self.grouper, op["kind"], op["src"], op["dst"], op["tids"], vecs,
+                            int(eid.split(b"-")[0]) / 1000)
+                    self.seq = seq
+                elif seq > self.seq:
                     spec = orjson.loads(f[b"data"])
                     vec = np.frombuffer(f[b"emb"], dtype=np.float32)
                     ts = int(eid.split(b"-")[0]) / 1000

@@ -1,12 +1,12 @@
-"""Master incidents: list, read, resolve."""
+"""Master incidents: list, read, resolve, and regroup (split, move out, move, merge back)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import Conflict, NotFound
+from ..errors import BadRequest, Conflict, NotFound
 from ..infra import operations, records
-from .responses import int_param, jresponse
+from .responses import int_param, jresponse, read_json
 from .state import state
 
 routes = web.RouteTableDef()
@@ -38,3 +38,63 @@ async def resolve_incident(request: web.Request) -> web.Response:
         raise Conflict(f"group {gid!r} never became a master incident")
     return jresponse({"incident_id": res.incident_id or gid, "status": "resolved",
                       "already_resolved": outcome == "already", "tickets_resolved": n, "agents_freed": agents})
+
+
+def _ids(body: dict) -> list[str]:
+    ids = body.get("ticket_ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(x, str) and x for x in ids):
+        raise BadRequest("ticket_ids must be a non-empty list of ticket ids", field="ticket_ids")
+    if len(ids) > operations.MAX_REGROUP:
+        raise BadRequest(f"at most {operations.MAX_REGROUP} ticket ids per call", field="ticket_ids")
+    return ids
+
+
+async def _object(request: web.Request) -> dict:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object", field="(body)")
+    return body
+
+
+def _regrouped(res: operations.Regrouped) -> web.Response:
+    return jresponse({"incident_id": res.source, "kind": res.kind, "target": res.target, "moved": res.moved,
+                      "queued": res.queued, "attached": res.attached})
+
+
+async def _regroup(request: web.Request, kind: str, ids: list[str], target: str = "") -> web.Response:
+    st = state(request)
+    res = await operations.regroup(st.redis, st.keys, st.scripts, kind, request.match_info["incident_id"], ids,
+                                   target, log_window_s=st.settings.dedup_window_s)
+    return _regrouped(res)
+
+
+@routes.post("/v1/incidents/{incident_id}/split")
+async def split_incident(request: web.Request) -> web.Response:
+    """These members are another outage: they become a new incident (no page), pinned apart from this one."""
+    return await _regroup(request, "split", _ids(await _object(request)))
+
+
+@routes.post("/v1/incidents/{incident_id}/move-out")
+async def move_out(request: web.Request) -> web.Response:
+    """These members do not belong to any incident: a new group that is no incident, pinned apart from this one."""
+    return await _regroup(request, "out", _ids(await _object(request)))
+
+
+@routes.post("/v1/incidents/{incident_id}/move")
+async def move_to(request: web.Request) -> web.Response:
+    """These members belong to another incident or group (`to`)."""
+    body = await _object(request)
+    to = body.get("to")
+    if not isinstance(to, str) or not to:
+        raise BadRequest("to must name the incident or group to move the tickets to", field="to")
+    return await _regroup(request, "move", _ids(body), to)
+
+
+@routes.post("/v1/incidents/{incident_id}/merge")
+async def merge_into(request: web.Request) -> web.Response:
+    """This incident (every member) is the same outage as `into`: merge it there (merge back after a split)."""
+    body = await _object(request)
+    into = body.get("into")
+    if not isinstance(into, str) or not into:
+        raise BadRequest("into must name the incident to merge this one into", field="into")
+    return await _regroup(request, "merge", [], into)

@@ -134,6 +134,7 @@ def openapi_doc() -> dict:
                            "merged incident's id resolves the incident it was merged into",
                 "parameters": [{"name": "incident_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": _json("Resolved"), "404": _ERR, "409": _ERR}}},
+            **_regroup_paths(),
             "/v1/events": {"get": {
                 "summary": "Live event feed (Server-Sent Events). Each event's id is its events-stream id; send it back "
                            "as Last-Event-ID (or ?last_event_id=) to resume without gaps. Events without an id "
@@ -173,4 +174,37 @@ def openapi_doc() -> dict:
             "/metrics": {"get": {"summary": "Prometheus metrics (read scope once any token is configured)",
                                  "responses": {"200": {"description": "text/plain exposition"}}}},
         }),
+    }
+
+
+def _regroup_paths() -> dict:
+    """split / move-out / move / merge: an operator regroups an incident's tickets (infra/operations.regroup)."""
+    inc = {"name": "incident_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    ids = {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "string", "minLength": 1}}
+
+    def body(props: dict, required: list[str]) -> dict:
+        return {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": required, "properties": props}}}}
+
+    def op(summary: str, props: dict, required: list[str]) -> dict:
+        return {"post": {"summary": summary, "parameters": [inc], "requestBody": body(props, required),
+                         "responses": {"200": _json("Regrouped: {incident_id, kind, target, moved, queued, attached}"),
+                                       "400": _ERR, "404": _ERR, "409": _ERR, "415": _ERR}}}
+
+    return {
+        "/v1/incidents/{incident_id}/split": op(
+            "These members are another outage: they become a new incident (id `<incident_id>.split<n>`, no page), "
+            "pinned apart from this one so the merge rule never joins them again; later tickets go to whichever "
+            "side they are like. Riders of this incident's assignee are queued on their teams",
+            {"ticket_ids": ids}, ["ticket_ids"]),
+        "/v1/incidents/{incident_id}/move-out": op(
+            "These members belong to no incident: a new group that is no incident (`<incident_id>.out<n>`), pinned "
+            "apart; riders of this incident's assignee are queued on their teams", {"ticket_ids": ids},
+            ["ticket_ids"]),
+        "/v1/incidents/{incident_id}/move": op(
+            "These members belong to the existing incident or group `to` (riders follow its assignee)",
+            {"ticket_ids": ids, "to": {"type": "string", "minLength": 1}}, ["ticket_ids", "to"]),
+        "/v1/incidents/{incident_id}/merge": op(
+            "This incident is the same outage as `into`: every member moves there and this id points to it "
+            "(merge back after a split; lifts the pin)", {"into": {"type": "string", "minLength": 1}}, ["into"]),
     }
