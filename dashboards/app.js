@@ -81,8 +81,12 @@ const handlers = {
     const inc = incident(e.group);
     Object.assign(inc, { size: Math.max(inc.size, +e.size), status: "open" });
     if (gone) inc.hits = inc.hits.concat(gone.hits).sort((a, b) => a - b);
-    for (const t of state.tickets.values()) if (t.group === e.merged) Object.assign(t, { group: e.group, incident: true });
-    touch("incidents", "tickets");
+    for (const t of state.tickets.values()) {
+      if (t.group !== e.merged) continue;
+      Object.assign(t, { group: e.group, incident: true });
+      state.dirtyRows.add(t);
+    }
+    touch("incidents", "rows");
   },
   "incident.resolved": (e) => {
     state.incidents.delete(e.group);
@@ -196,7 +200,11 @@ async function getJSON(url, opts) {
     location.href = "/login";
     throw new Error("unauthorized");
   }
-  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  if (!r.ok) {
+    // the API's JSON error names the problem: show that, not only the status
+    const body = await r.json().catch(() => null);
+    throw new Error(body?.error?.message || `${url}: HTTP ${r.status}`);
+  }
   return r.json();
 }
 
@@ -288,6 +296,7 @@ function renderIncidents() {
     inc.hits = inc.hits.filter((ts) => ts > now - 60000);
     return `<li data-gid="${esc(inc.incident_id)}"><div class="row"><b>${esc(inc.incident_id.slice(0, 12))}</b>
       <span>${inc.size} tickets · +${inc.hits.length}/min</span>
+      <button data-members="${esc(inc.incident_id)}">Members</button>
       <button data-resolve="${esc(inc.incident_id)}">Resolve</button></div>
       <div class="sample" title="${esc(inc.sample)}">${esc(inc.sample || "")}</div>
       <div class="muted">${esc(inc.team || "")}${inc.assignee ? " · " + esc(inc.assignee) : ""}</div></li>`;
@@ -358,13 +367,64 @@ async function showTrail(id) {
   $("trail").hidden = false;
 }
 
+// an incident's members, to split off, move out or merge it (POST /v1/incidents/{id}/split|move-out|merge)
+async function showIncident(gid) {
+  const inc = await getJSON(`/v1/incidents/${encodeURIComponent(gid)}`);
+  const others = [...state.incidents.keys()].filter((g) => g !== gid);
+  $("trail-title").textContent = `Incident ${inc.incident_id}`;
+  const members = inc.members.slice(0, 500);
+  $("trail-body").innerHTML =
+    `<dl><dt>status</dt><dd>${esc(inc.status)}</dd><dt>size</dt><dd>${inc.size}</dd>` +
+    `<dt>assignee</dt><dd>${esc(inc.assignee || "–")}</dd>` +
+    (inc.reopen_count ? `<dt>re-opened</dt><dd>${inc.reopen_count}× · ${esc(inc.reopen_reason || "")}</dd>` : "") +
+    `</dl><form id="regroup" data-gid="${esc(gid)}">` +
+    `<h3>Members ${inc.members.length > members.length ? `(first ${members.length})` : ""}</h3>` +
+    `<ul class="list members">${members.map((m) =>
+      `<li><label><input type="checkbox" name="t" value="${esc(m)}"> ${esc(m)}</label></li>`).join("")}</ul>` +
+    `<div class="row"><button type="button" data-op="split">Split checked off as a new incident</button>` +
+    `<button type="button" data-op="move-out">Move checked out</button></div>` +
+    (others.length ? `<div class="row"><select name="into">${others.map((g) =>
+      `<option value="${esc(g)}">${esc(g)}</option>`).join("")}</select>` +
+      `<button type="button" data-op="merge">Merge this incident into it</button></div>` : "") +
+    `<p id="regroup-msg" class="muted" role="status"></p></form>`;
+  $("trail").hidden = false;
+}
+
+async function regroup(ev) {
+  const op = ev.target.dataset?.op;
+  const form = ev.target.closest("form#regroup");
+  if (!op || !form) return;
+  const gid = form.dataset.gid;
+  const ids = [...form.querySelectorAll('input[name="t"]:checked')].map((x) => x.value);
+  const body = op === "merge" ? { into: form.querySelector('select[name="into"]').value } : { ticket_ids: ids };
+  const msg = $("regroup-msg");
+  ev.target.disabled = true;
+  try {
+    const res = await getJSON(`/v1/incidents/${encodeURIComponent(gid)}/${op}`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    msg.textContent = `${res.kind}: moved ${res.moved} to ${res.target}` + (res.queued.length ? `, ${res.queued.length} queued` : "");
+    refreshIncidents();
+    if (op === "merge") state.incidents.delete(gid);
+    else await showIncident(gid);
+    $("regroup-msg").textContent = msg.textContent;
+  } catch (e) {
+    msg.textContent = e.message;
+    ev.target.disabled = false;
+  }
+}
+
 function wire() {
   $("rows").addEventListener("click", (ev) => {
     const tr = ev.target.closest("tr");
     if (tr) showTrail(tr.dataset.id).catch((e) => console.warn(e));
   });
   $("trail-close").addEventListener("click", () => ($("trail").hidden = true));
+  $("trail-body").addEventListener("click", (ev) => regroup(ev).catch((e) => console.warn(e)));
   $("inc-list").addEventListener("click", async (ev) => {
+    if (ev.target.dataset?.members) {
+      showIncident(ev.target.dataset.members).catch((e) => console.warn(e));
+      return;
+    }
     const gid = ev.target.dataset?.resolve;
     if (!gid) return;
     ev.target.disabled = true;
