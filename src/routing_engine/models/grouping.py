@@ -272,7 +272,10 @@ class _Centroids:
     one matrix of their totals, with the norms, sizes and main categories, so a ticket is compared with all of
     them in one matrix-vector product instead of stacking every group's total for each ticket. Rows follow the
     groups lazily: a group whose total, size, categories or merge changed (or that was added or removed) is in
-    `dirty` (Group.__setattr__, _GroupDict) and its row is rewritten at the next `sync`. The cosines are the
+    `dirty` (Group.__setattr__, _GroupDict) and its row is rewritten at the next `sync`: assigning a group's
+    `total`, `n`, `categories` or `merged_into` (`g.total = g.total - v`, `g.n -= 1`) is seen; a change made in place
+    only (`g.total[:] = ...`, `g.categories[c] -= 1` with no such assignment) must add the group id to
+    `Grouper._cache.dirty` itself. The cosines are the
     same arithmetic as `_cosines` (total . v / max(|total|, 1e-12))."""
 
     def __init__(self):
