@@ -74,6 +74,11 @@ const handlers = {
     inc.hits.push(e.ts);
     touch("incidents");
   },
+  "incident.updated": (e) => {
+    const inc = incident(e.group);
+    Object.assign(inc, { size: Math.max(inc.size, +e.size), rate: +e.rate || inc.rate, peak_rate: +e.peak_rate || inc.peak_rate });
+    touch("incidents");
+  },
   "incident.merged": (e) => {
     // one storm, one incident: the merged one's hits go to the survivor, which takes the merged size
     const gone = state.incidents.get(e.merged);

@@ -54,6 +54,29 @@ local function event(...)
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', evmax, '*', ...)
 end
 
+-- An open incident carries its storm's rate and size over time: rate and peak_rate (tickets/s, the storm test's
+-- at the latest member), and at its opening and each doubling of its size from K on a point [ms, size, rate] in
+-- `series` and an `incident.updated` event on the feed (no alert: nobody is paged for growth).
+local function track(gid, n, storm, opening)
+  local rate = type(storm) == 'table' and tonumber(storm['rate']) or nil
+  if rate then
+    local peak = tonumber(redis.call('HGET', ghash[gid], 'peak_rate') or '0')
+    redis.call('HSET', ghash[gid], 'rate', rate)
+    if rate > peak then redis.call('HSET', ghash[gid], 'peak_rate', rate) end
+  end
+  local step = K
+  while step < n do step = step * 2 end
+  if opening or n == step then
+    local series = cjson.decode(redis.call('HGET', ghash[gid], 'series') or '[]')
+    series[#series + 1] = {tonumber(now), n, rate or cjson.null}
+    redis.call('HSET', ghash[gid], 'series', cjson.encode(series))
+    if not opening then
+      event('type', 'incident.updated', 'group', gid, 'size', n, 'rate', tostring(rate or ''),
+        'peak_rate', redis.call('HGET', ghash[gid], 'peak_rate') or '')
+    end
+  end
+end
+
 local function open_incident(gid, n, alert_json, storm)
   redis.call('HSET', ghash[gid], 'incident', '1', 'opened_at', now)
   if type(storm) == 'table' and storm['rate'] then
@@ -61,6 +84,7 @@ local function open_incident(gid, n, alert_json, storm)
   end
   redis.call('ZADD', KEYS[3], now, gid)
   redis.call('XADD', KEYS[4], '*', 'type', 'incident.opened', 'group', gid, 'size', n, 'data', alert_json)
+  track(gid, n, storm, true)
 end
 
 local function is_incident(gid)
@@ -125,6 +149,7 @@ local function join(gid, spec, alert_json)
   if incident then
     if urgent then alert = 'suppressed' end
     evt = 'incident.grew'
+    track(gid, n, spec['d'] and spec['d']['storm'])
   elseif urgent and n == 1 then
     redis.call('XADD', KEYS[4], '*', 'type', 'ticket.urgent', 'group', gid, 'size', n, 'data', alert_json)
     alert = 'sent'

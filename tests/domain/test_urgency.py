@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from routing_engine.domain.urgency import score
 
 
@@ -23,3 +27,16 @@ def test_urgency_team_prior_needs_confidence():
     body = "My card payment looks odd"
     assert score("", body, "security", 0.95)[0] > score("", body, "security", 0.05)[0]
     assert score("", body, "security", 0.9)[0] > score("", body, "fx_and_fees", 0.9)[0]
+
+
+def test_growth_adds_to_the_logit_per_doubling_over_the_bar_capped_and_only_for_real_groups():
+    from routing_engine.domain.urgency import GROWTH_CAP, growth, with_growth
+
+    assert growth({}) == 0.0 and growth({"ratio": 50.0, "size": 2}) == 0.0  # no rate, or a pair
+    assert growth({"ratio": 1.5, "size": 40}) == 0.0  # ordinary traffic
+    assert growth({"ratio": 4.0, "size": 10}) == pytest.approx(1.0)  # the burst bar: +1
+    assert growth({"ratio": 1000.0, "size": 10}) == GROWTH_CAP
+    s, feats = with_growth({"bias": -1.5, "logit": -1.5}, {"ratio": 8.0, "size": 10})
+    assert feats["growth"] == pytest.approx(2.0) and feats["logit"] == pytest.approx(0.5)
+    assert s == pytest.approx(1 / (1 + math.exp(-0.5)))
+    assert with_growth({"logit": -1.5}, {"ratio": 1.0, "size": 10}) is None

@@ -30,6 +30,7 @@ def unit(*xs: float) -> np.ndarray:
 
 def enriched(tid: str, vec: np.ndarray, category: str = "atm", urgent: bool = False) -> Enriched:
     enrich = {"category": category, "team": "payments", "urgency": 0.9 if urgent else 0.2, "urgent": urgent,
+              "urgency_features": {"logit": 2.1972 if urgent else -1.3863},  # the logits of 0.9 and 0.2
               "confidence": 0.9, "fast": {"top": [[category, 0.9], ["other", 0.05]]}}
     return Enriched(Ticket(tid, subject=f"s {tid}", body="b"), int(time.time() * 1000), enrich, vec)
 
@@ -265,14 +266,18 @@ async def run_in_order(st, msgs: list[Enriched], batch: int = 64) -> list:
     return outcomes
 
 
-def trail_of(outcomes, tid: str) -> dict:
-    """The dedup trail a ticket's commit writes to its record (commit.lua's record fields follow ARGV[13])."""
+def record_of(outcomes, tid: str) -> dict:
+    """The fields a ticket's dedup commit writes to its record (commit.lua's record fields follow ARGV[13])."""
     for o in outcomes:
         args = o.writes[0].args
         if args[6] == tid:
             flat = args[13:]
-            return orjson.loads(dict(zip(flat[::2], flat[1::2]))["dedup"])
+            return dict(zip(flat[::2], flat[1::2]))
     raise KeyError(tid)
+
+
+def trail_of(outcomes, tid: str) -> dict:
+    return orjson.loads(record_of(outcomes, tid)["dedup"])
 
 
 @pytest.fixture
@@ -401,3 +406,26 @@ async def test_stragglers_after_a_resolve_are_followups_and_the_storm_coming_bac
 
     inc = await rec_read.get_incident(r, k, "s0000")
     assert inc["status"] == "open" and inc["reopen_count"] == 1 and inc["reopened_at"]
+
+
+async def test_a_fast_growing_group_ranks_its_tickets_higher_and_its_incident_tracks_size_and_rate(storm_settings, r):
+    """Urgency from growth: storm tickets get a growth term on their urgency logit (visible in their features) and
+    a higher S, background tickets none, and the urgent flag (alerts, lanes) stays the text's. The incident keeps
+    its rate, peak rate and a point at opening and at each doubling from K, with incident.updated (no page)."""
+    s, k = storm_settings, Keys(storm_settings.prefix)
+    st = await _stage(s, r, "d1")
+    outcomes = await run_in_order(st, background(0, 70) + burst("s", unit(1, 0.1), 60.0, 200.0, 200, "atm"))
+    grown = record_of(outcomes, "s0150")
+    enrich = orjson.loads(grown["enrich"])
+    assert 0 < enrich["urgency_features"]["growth"] <= 2.0 and enrich["urgency"] == grown["urgency"] > 0.2
+    assert enrich["urgent"] is False  # the text's flag: growth ranks, it does not page or pick the lane
+    quiet = record_of(outcomes, "b0100")
+    assert "enrich" not in quiet and "urgency" not in quiet  # ordinary traffic: nothing added
+    g = {f.decode(): v.decode() for f, v in (await r.hgetall(k.group("s0000"))).items()}
+    series = orjson.loads(g["series"])
+    sizes = [p[1] for p in series]
+    assert sizes[0] >= s.incident_k and sizes[1:] == [x for x in (20, 40, 80, 160) if x > sizes[0]]
+    assert all(p[2] > 0 for p in series) and float(g["peak_rate"]) >= float(g["rate"]) > 0
+    updated = [f for _, f in await r.xrange(k.events) if f[b"type"] == b"incident.updated"]
+    assert [int(f[b"size"]) for f in updated] == sizes[1:]
+    assert len(await alerts_of(r, k, "incident.opened")) == 1 and len(await r.xrange(k.alerts)) == 1

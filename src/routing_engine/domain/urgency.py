@@ -98,3 +98,32 @@ def score(subject: str, body: str, team: str, confidence: float) -> tuple[float,
     contributions = {k: round(v, 4) for k, v in contributions.items()}
     contributions["logit"] = round(logit, 4)
     return s, contributions
+
+
+# Urgency from growth: a ticket whose group grows fast is part of an outage in progress. The dedup stage adds
+# GROWTH_WEIGHT to the logit per doubling of the group's rate over GROWTH_FROM x its baseline (the storm test's
+# ratio, models/grouping.py), capped at GROWTH_CAP, for groups of GROWTH_MIN_SIZE or more. At the burst bar (4x)
+# that is +1 (a plain ticket 0.18 -> 0.38), at 8x and over +2 (-> 0.62): it moves such tickets up their team's
+# queue, and with one text cue (outage +1.2) over the urgent threshold 0.8. Hand-set like the weights above.
+GROWTH_WEIGHT = 1.0
+GROWTH_FROM = 2.0
+GROWTH_CAP = 2.0
+GROWTH_MIN_SIZE = 3
+
+
+def growth(storm: dict) -> float:
+    """The logit the group's growth adds (0 when the storm test has no rate: the test is off, or a pair)."""
+    ratio, size = storm.get("ratio"), storm.get("size") or 0
+    if ratio is None or size < GROWTH_MIN_SIZE or ratio <= GROWTH_FROM:
+        return 0.0
+    return min(GROWTH_CAP, GROWTH_WEIGHT * math.log2(ratio / GROWTH_FROM))
+
+
+def with_growth(features: dict[str, float], storm: dict) -> tuple[float, dict[str, float]] | None:
+    """(S, features) with the growth term added to the text score's logit, or None when it adds nothing."""
+    g = growth(storm)
+    if g <= 0 or "logit" not in features:
+        return None
+    logit = features["logit"] + g
+    out = {**features, "growth": round(g, 4), "logit": round(logit, 4)}
+    return 1.0 / (1.0 + math.exp(-logit)), out

@@ -241,7 +241,7 @@ async def regroup(r: aioredis.Redis, k: Keys, scripts: Scripts, kind: str, sourc
                 raise BadRequest(f"{why[11:]!r} is not a member of {source!r}", field="ticket_ids")
             raise Conflict(f"cannot {kind} {source!r}: {why.replace('_', ' ')}")
         queued = [_s(x) for x in reply[3]]
-        log.info("incident.regrouped", kind=kind, source=source, target=dst, moved=int(reply[2]), queued=len(queued))
+        log.info("regroup.done", kind=kind, source=source, target=dst, moved=int(reply[2]), queued=len(queued))
         if queued:
             await fill_after(r, k, scripts, f"incident {kind}")
         return Regrouped(kind, source, dst, int(reply[2]), queued, int(reply[4]))

@@ -82,6 +82,11 @@ def _group(h: dict[bytes, bytes]) -> dict:
         # a resolved incident whose storm came back (streams/group.lua): when, how often, why
         "reopened_at": int(d["reopened_at"]) if "reopened_at" in d else None,
         "reopen_count": int(d.get("reopen_count", 0)), "reopen_reason": d.get("reopen_reason"),
+        # the storm's rate (tickets/s) at its latest member, its peak, and [ms, size, rate] at opening and each
+        # doubling of its size (streams/group.lua)
+        "rate": float(d["rate"]) if "rate" in d else None,
+        "peak_rate": float(d["peak_rate"]) if "peak_rate" in d else None,
+        "series": orjson.loads(d["series"]) if "series" in d else [],
     }
 
 

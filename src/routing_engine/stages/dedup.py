@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 import structlog
 
+from ..domain import urgency
 from ..domain.messages import Deduped, Enriched, Grouping
 from ..infra.runtime import Entry, Outcome, Stage, StageContext
 from ..infra.scripts import now_ms
@@ -205,6 +206,11 @@ class DedupStage(Stage):
                                 neighbor_score=d.neighbor_score, joined_group=d.joined_group or gid, storm=d.storm,
                                 merged=list(d.merged), tau_centroid=s.dedup_tau_centroid,
                                 tau_centroid_category=s.dedup_tau_centroid_category, tau_merge=s.dedup_tau_merge)
+            grown = urgency.with_growth(msg.enrich.get("urgency_features") or {}, d.storm)
+            if grown is not None:
+                # its group grows fast: an outage in progress ranks higher in its team's queue (the urgent flag,
+                # which pages and picks the lane, stays the text's: a storm cannot flood the urgent lane this way)
+                msg.enrich = {**msg.enrich, "urgency": round(grown[0], 4), "urgency_features": grown[1]}
             out = Deduped.of(msg, grouping)
             if after_resolve:  # it joined a resolved incident: re-opened it, or a follow-up of it (group.lua)
                 out.dedup["after_resolve"] = orjson.loads(after_resolve)
@@ -213,7 +219,8 @@ class DedupStage(Stage):
             outcomes.append(Outcome(entry, writes=[self.scripts.commit(
                 stage=self.name, status="grouped", ticket_id=msg.ticket_id, output_stream=stream,
                 data=orjson.dumps(out.data()), emb=out.emb_bytes(),
-                record={"dedup": orjson.dumps(out.dedup), "t_dedup": now_ms()})]))
+                record={"dedup": orjson.dumps(out.dedup), "t_dedup": now_ms(),
+                        **({"urgency": msg.enrich["urgency"], "enrich": orjson.dumps(msg.enrich)} if grown else {})})]))
         if sent or suppressed:
             async with self.r.pipeline(transaction=False) as pipe:
                 pipe.hincrby(self.keys.stats, "alerts_queued", sent)
