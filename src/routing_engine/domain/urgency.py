@@ -127,3 +127,21 @@ def with_growth(features: dict[str, float], storm: dict) -> tuple[float, dict[st
     logit = features["logit"] + g
     out = {**features, "growth": round(g, 4), "logit": round(logit, 4)}
     return 1.0 / (1.0 + math.exp(-logit)), out
+
+
+# The door's lane (infra/scripts.Scripts.lane) has only the text: no team yet. The full score adds the team prior
+# (up to MAX_TEAM_PRIOR x confidence), so the door sends a ticket to the urgent lane when the text alone could
+# cross the threshold with the highest prior: every ticket that enrich will find urgent is in the lane (the
+# text-only S missed 44% of them in two-storms and 67% in overload; this catches all, and flags 1-2x as many
+# tickets as end up urgent: bench/door_lane.py). Enrich moves the rest to the normal stream.
+MAX_TEAM_PRIOR = max(0.0, *TEAM_PRIOR.values())
+
+
+def door_urgent(subject: str, body: str, threshold: float) -> bool:
+    """Could this ticket be urgent (S > threshold) once its team is known? Text cues only."""
+    if threshold >= 1.0:
+        return False
+    if threshold <= 0.0:
+        return True
+    _, f = score(subject, body, "", 0.0)
+    return f["logit"] + MAX_TEAM_PRIOR > math.log(threshold / (1.0 - threshold))

@@ -119,9 +119,10 @@ class Scripts:
     # ---- calls made directly (doors, operator actions, the runtime's dead letters)
 
     def lane(self, ticket) -> str:
-        """Priority lane: text that already reads urgent (S from the text alone) skips the ingest queue."""
-        pre, _ = urgency.score(ticket.subject, ticket.body, "", 0.0)
-        return self.k.ingest_urgent if pre > self.s.urgent_threshold else self.k.ingest
+        """Priority lane: text that may be urgent once its team is known (urgency.door_urgent) skips the ingest
+        queue."""
+        urgent = urgency.door_urgent(ticket.subject, ticket.body, self.s.urgent_threshold)
+        return self.k.ingest_urgent if urgent else self.k.ingest
 
     def ingest(self, *, ticket_id: str, ticket_json: bytes, lane: str, client=None):
         """ingest.lua: replies {stream_id, created (1 new, 0 duplicate, -1 id taken by another body), accepted
