@@ -28,6 +28,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -387,6 +388,12 @@ class Replayer:
         if self.o.door == "http":
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
                                                   connector=aiohttp.TCPConnector(limit=self.o.http_concurrency))
+        if self.o.fast and planned:
+            # as fast as possible is a producer replaying its backlog: each ticket says when it was created (its
+            # planned time, ending now), so storm detection judges the scenario's rates, not the replay's
+            base = time.time() - planned[-1].at_s - 1.0
+            for p in planned:
+                p.ticket["created_at"] = datetime.fromtimestamp(base + p.at_s, UTC).isoformat()
         if self.o.door == "stream":  # the stream door's producer picks the lane as the webhook would
             self._lanes = {p.ticket["id"]: self.lane(p.ticket) for p in planned}
         try:
@@ -740,7 +747,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes (0 = stages in the bench process)")
     p.add_argument("--tickets", "--n", type=int, dest="tickets",
                    help="exactly N tickets: the scenario is stretched or cut in time to hold N")
-    p.add_argument("--fast", action="store_true", help="send as fast as possible instead of at the scenario's timing")
+    p.add_argument("--fast", action="store_true",
+                   help="send as fast as possible instead of at the scenario's timing (a backlog replay: each "
+                        "ticket's created_at is its planned time, ending now)")
     p.add_argument("--speed", type=float, default=1.0,
                    help="multiply every rate by this (e.g. calm --speed 20 = 1,000/s)")
     p.add_argument("--capacity", type=float,

@@ -429,3 +429,27 @@ async def test_a_fast_growing_group_ranks_its_tickets_higher_and_its_incident_tr
     updated = [f for _, f in await r.xrange(k.events) if f[b"type"] == b"incident.updated"]
     assert [int(f[b"size"]) for f in updated] == sizes[1:]
     assert len(await alerts_of(r, k, "incident.opened")) == 1 and len(await r.xrange(k.alerts)) == 1
+
+
+@pytest.mark.parametrize("with_created", [True, False])
+async def test_a_flushed_backlog_is_judged_by_when_its_tickets_were_created(storm_settings, r, with_created):
+    """A help desk that was down flushes four minutes of ordinary traffic within a second. By arrival every intent
+    bursts at once (the control, without created_at, opens incidents); by the producer's created_at it is the calm
+    stream it was, and opens none."""
+    from datetime import UTC, datetime
+
+    s, k = storm_settings, Keys(storm_settings.prefix)
+    st = await _stage(s, r, "d1")
+    msgs = sorted(background(0, 240), key=lambda m: m.received_at)
+    for i, m in enumerate(msgs):
+        created = m.received_at / 1000
+        m.received_at = int((T0 + 250) * 1000) + i  # all delivered within a second, in their order
+        if with_created:
+            m.ticket.created_at = datetime.fromtimestamp(created, UTC).isoformat()
+    await run_in_order(st, msgs)
+    incidents = await r.zcard(k.incidents)
+    if with_created:
+        assert incidents == 0
+        assert st.grouper.decisions[msgs[-1].ticket_id].storm["state"] == "off"
+    else:
+        assert incidents >= 3
