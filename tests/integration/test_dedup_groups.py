@@ -443,9 +443,11 @@ async def test_a_flushed_backlog_is_judged_by_when_its_tickets_were_created(stor
     msgs = sorted(background(0, 240), key=lambda m: m.received_at)
     for i, m in enumerate(msgs):
         created = m.received_at / 1000
-        m.received_at = int((T0 + 250) * 1000) + i  # all delivered within a second, in their order
+        m.received_at = int((T0 + 250) * 1000) + i  # all delivered within a second, in their order...
         if with_created:
             m.ticket.created_at = datetime.fromtimestamp(created, UTC).isoformat()
+            if i % 30 == 29:
+                m.received_at -= 1000  # ...but some go first, as the urgent lane's do: counted before older ones
     await run_in_order(st, msgs)
     incidents = await r.zcard(k.incidents)
     if with_created:

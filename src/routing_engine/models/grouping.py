@@ -118,13 +118,23 @@ class Group:
         return self.slow * 0.5 ** (max(0.0, ts - self.slow_ts) / halflife_s)
 
     def count(self, ts: float, halflife_s: float, n: float = 1.0, rate: float = 0.0) -> None:
-        """n tickets now (or another group's rate folded in)."""
-        self.rate = self.rate_at(ts, halflife_s) + rate + n * math.log(2) / halflife_s
-        self.rate_ts = max(self.rate_ts, ts)
+        """n tickets at ts (or another group's rate folded in). A ticket older than the last one counted (the urgent
+        lane goes first; a replayed backlog's created_at) adds what is left of it by then, so the count does not
+        depend on the order tickets are decided in: counted undecayed, a few tickets ahead of their time made a
+        calm group look like a burst."""
+        add = rate + n * math.log(2) / halflife_s
+        if ts >= self.rate_ts:
+            self.rate = self.rate_at(ts, halflife_s) + add
+            self.rate_ts = ts
+        else:
+            self.rate = self.rate + add * 0.5 ** ((self.rate_ts - ts) / halflife_s)
 
     def count_slow(self, ts: float, halflife_s: float, n: float) -> None:
-        self.slow = self.slow_at(ts, halflife_s) + n
-        self.slow_ts = max(self.slow_ts, ts)
+        if ts >= self.slow_ts:
+            self.slow = self.slow_at(ts, halflife_s) + n
+            self.slow_ts = ts
+        else:
+            self.slow = self.slow + n * 0.5 ** ((self.slow_ts - ts) / halflife_s)
 
     def storm_at(self, ts: float, quiet_s: float) -> bool:
         """In storm state at ts: it closes once the rate stayed calm for the quiet period."""
@@ -190,9 +200,11 @@ class Baseline:
     def add(self, ts: float, category: str, h_slow: float, h_fast: float) -> None:
         if self.t0 is None:
             self.t0 = self.ts = ts
+        self.t0 = min(self.t0, ts)
         self.decay(ts, h_slow, h_fast)
-        self.slow[category] = self.slow.get(category, 0.0) + 1.0
-        self.fast[category] = self.fast.get(category, 0.0) + 1.0
+        late = max(0.0, self.ts - ts)  # older than the last ticket counted: what is left of it now (see Group.count)
+        self.slow[category] = self.slow.get(category, 0.0) + (0.5 ** (late / h_slow) if late else 1.0)
+        self.fast[category] = self.fast.get(category, 0.0) + (0.5 ** (late / h_fast) if late else 1.0)
 
     def lagged(self) -> dict:
         """category -> decayed count of the tickets before the last few seconds."""
