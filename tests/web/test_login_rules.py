@@ -59,3 +59,12 @@ async def test_cookie_flags(settings, r, trust, proto, secure):
         raw = resp.headers["Set-Cookie"]
         assert "HttpOnly" in raw and "SameSite=Strict" in raw
         assert ("Secure" in raw) is secure, raw
+
+
+async def test_a_login_form_aiohttp_cannot_parse_is_a_400_page_not_a_500(settings, r):
+    """Found by the HTTP fuzz: multipart/form-data without a boundary made request.post() raise (500)."""
+    s = replace(settings, read_token="r-token")
+    async with InProcessPipeline(s, r, stages=[]) as p:
+        resp = await p.client.post("/login", data=b"token=x", headers={"Content-Type": "multipart/form-data"})
+        assert resp.status == 400
+        assert "could not be read" in await resp.text()

@@ -55,7 +55,10 @@ async def login(request: web.Request) -> web.StreamResponse:
         resp = login_page("too many failed attempts: wait a minute", status=429)
         resp.headers["Retry-After"] = str(math.ceil(wait))
         return resp
-    form = await request.post()
+    try:
+        form = await request.post()
+    except ValueError as exc:  # a form aiohttp cannot parse (multipart without a boundary, ...): the client's fault
+        return login_page(f"the form could not be read: {exc}", status=400)
     given = str(form.get("token", ""))
     if READ not in token_scopes(s, given):  # an ingest-only token cannot watch the monitor either
         throttle.failed(who)
