@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 
@@ -38,6 +38,13 @@ class Ticket:
     @property
     def text(self) -> str:
         return f"{self.subject}\n{self.body}".strip()
+
+    def created_s(self) -> float | None:
+        """`created_at` as seconds since the epoch (no UTC offset: read as UTC), None when absent or not a date."""
+        dt = parse_datetime(self.created_at) if self.created_at else None
+        if dt is None:
+            return None
+        return (dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)).timestamp()
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -73,13 +80,17 @@ def _deeper_than(obj, limit: int) -> bool:
     return False
 
 
+def parse_datetime(value: str) -> datetime | None:
+    """An ISO 8601 date-time (a trailing Z included), or None."""
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def _is_datetime(value: str) -> bool:
     # jsonschema only checks "format" when an optional package is present; check it here either way
-    try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return "T" in value or " " in value
-    except ValueError:
-        return False
+    return parse_datetime(value) is not None and ("T" in value or " " in value)
 
 
 def validate(obj, max_text_chars: int = 20_000, ticket_id: str | None = None) -> Ticket:

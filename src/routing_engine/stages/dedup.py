@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from datetime import UTC, datetime
 
 import numpy as np
 import orjson
@@ -56,22 +55,15 @@ def rule_of(settings) -> GroupingRule:
 BACKDATE_MAX_S = 3600  # created_at older than this (or the window, when longer) is not believed for rates
 
 
-def event_time_s(created_at: str | None, received_s: float, window_s: float) -> float:
+def event_time_s(created_s: float | None, received_s: float, window_s: float) -> float:
     """When the ticket happened, for the storm test's rates: the producer's `created_at` when it gives one that is
     plausible (not after the ticket reached us, not older than an hour or the window), else when it reached us. A
     help desk that was down and then flushes its backlog delivers minutes of ordinary tickets within a second: by
     arrival that is a burst of every intent at once (a calm stream delivered that way opened dozens of incidents), by
     creation time it is the ordinary traffic it was, while a real storm in the backlog is still a burst."""
-    if not created_at:
+    if created_s is None:
         return received_s
-    try:
-        dt = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
-    except ValueError:
-        return received_s
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    created = dt.timestamp()
-    return created if received_s - max(window_s, BACKDATE_MAX_S) <= created <= received_s else received_s
+    return created_s if received_s - max(window_s, BACKDATE_MAX_S) <= created_s <= received_s else received_s
 
 
 def top_labels(enrich: dict) -> list[tuple[str, float]]:
@@ -175,8 +167,9 @@ class DedupStage(Stage):
                 best = np.argsort(-sims)[:NEIGHBOURS]
                 candidates = sorted(candidates + [(ids[j], float(sims[j])) for j in best if ids[j] != tid],
                                     key=lambda x: -x[1])[:NEIGHBOURS]
-            # rates are taken on arrival times (a backlog does not squeeze a storm, nor a calm stream into one)
-            ts = event_time_s(msg.ticket.created_at, msg.received_at / 1000 if msg.received_at > 0 else now,
+            # rates are taken on arrival (or creation) times: a backlog does not squeeze a storm, nor a calm stream
+            # into one
+            ts = event_time_s(msg.ticket.created_s(), msg.received_at / 1000 if msg.received_at > 0 else now,
                               self.settings.dedup_window_s)
             decisions.append(self.grouper.assign(tid, vec.astype(np.float64), msg.category, top_labels(msg.enrich),
                                                  ts, candidates))
