@@ -76,13 +76,19 @@ async def resolve_ticket(r: aioredis.Redis, k: Keys, scripts: Scripts, ticket_id
     raise Contended(f"ticket {ticket_id!r} kept changing while being resolved; try again")
 
 
-async def resolve_incident(r: aioredis.Redis, k: Keys, scripts: Scripts, gid: str) -> IncidentResolved:
-    # an incident merged into another one of the same storm: resolving it resolves the one it became
+async def survivor(r: aioredis.Redis, k: Keys, gid: str) -> str:
+    """The group `gid` became: followed through `merged_into` (50 hops at most)."""
     for _ in range(50):
         into = await r.hget(k.group(gid), "merged_into")
         if not into:
             break
         gid = _s(into)
+    return gid
+
+
+async def resolve_incident(r: aioredis.Redis, k: Keys, scripts: Scripts, gid: str) -> IncidentResolved:
+    # an incident merged into another one of the same storm: resolving it resolves the one it became
+    gid = await survivor(r, k, gid)
     for _ in range(ATTEMPTS):
         members = [_s(m) for m in await r.lrange(k.members(gid), 0, -1)]
         async with r.pipeline(transaction=False) as pipe:
@@ -186,11 +192,7 @@ async def regroup(r: aioredis.Redis, k: Keys, scripts: Scripts, kind: str, sourc
     if into := h.get(b"merged_into"):
         raise Conflict(f"{source!r} was merged into {_s(into)!r}: regroup that one")
     if kind in ("move", "merge"):
-        for _ in range(50):  # a target merged away: its survivor
-            into = await r.hget(k.group(target), "merged_into")
-            if not into:
-                break
-            target = _s(into)
+        target = await survivor(r, k, target)  # a target merged away: the group it became
         if target == source:
             raise BadRequest(f"{source!r} cannot {kind} into itself", field="into" if kind == "merge" else "to")
         if not await r.exists(k.group(target)):

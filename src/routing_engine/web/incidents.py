@@ -56,6 +56,13 @@ async def _object(request: web.Request) -> dict:
     return body
 
 
+def _named(body: dict, name: str, what: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{name} must name {what}", field=name)
+    return value
+
+
 def _regrouped(res: operations.Regrouped) -> web.Response:
     return jresponse({"incident_id": res.source, "kind": res.kind, "target": res.target, "moved": res.moved,
                       "queued": res.queued, "attached": res.attached})
@@ -84,17 +91,12 @@ async def move_out(request: web.Request) -> web.Response:
 async def move_to(request: web.Request) -> web.Response:
     """These members belong to another incident or group (`to`)."""
     body = await _object(request)
-    to = body.get("to")
-    if not isinstance(to, str) or not to:
-        raise BadRequest("to must name the incident or group to move the tickets to", field="to")
+    to = _named(body, "to", "the incident or group to move the tickets to")
     return await _regroup(request, "move", _ids(body), to)
 
 
 @routes.post("/v1/incidents/{incident_id}/merge")
 async def merge_into(request: web.Request) -> web.Response:
     """This incident (every member) is the same outage as `into`: merge it there (merge back after a split)."""
-    body = await _object(request)
-    into = body.get("into")
-    if not isinstance(into, str) or not into:
-        raise BadRequest("into must name the incident to merge this one into", field="into")
+    into = _named(await _object(request), "into", "the incident to merge this one into")
     return await _regroup(request, "merge", [], into)
