@@ -58,7 +58,7 @@ end
 -- at the latest member), and at its opening and each doubling of its size from K on a point [ms, size, rate] in
 -- `series` and an `incident.updated` event on the feed (no alert: nobody is paged for growth).
 local function track(gid, n, storm, opening)
-  local rate = type(storm) == 'table' and tonumber(storm['rate']) or nil
+  local rate = tonumber(storm['rate'])
   if rate then
     local peak = tonumber(redis.call('HGET', ghash[gid], 'peak_rate') or '0')
     redis.call('HSET', ghash[gid], 'rate', rate)
@@ -79,7 +79,7 @@ end
 
 local function open_incident(gid, n, alert_json, storm)
   redis.call('HSET', ghash[gid], 'incident', '1', 'opened_at', now)
-  if type(storm) == 'table' and storm['rate'] then
+  if storm['rate'] then
     redis.call('HSET', ghash[gid], 'storm_rate', storm['rate'], 'storm_baseline', storm['baseline'] or '')
   end
   redis.call('ZADD', KEYS[3], now, gid)
@@ -91,6 +91,17 @@ local function is_incident(gid)
   return redis.call('HGET', ghash[gid], 'incident') == '1'
 end
 
+-- an incident nobody resolved: its members attach to it (a resolved one takes follow-ups, see after_resolve)
+local function is_open_incident(gid)
+  return is_incident(gid) and redis.call('HGET', ghash[gid], 'status') ~= 'resolved'
+end
+
+-- the storm test of a decision's trail (d.storm), or an empty table
+local function storm_of(spec)
+  local d = spec['d']
+  return type(d) == 'table' and type(d['storm']) == 'table' and d['storm'] or {}
+end
+
 -- A ticket joining a resolved incident. Either the outage is back: K tickets since the resolve, and the group
 -- bursting over its baseline at this ticket (its storm test's ratio >= burst; K alone when the test is off) - the
 -- incident re-opens under its own id with the reason and pages once (incident.reopened). Or it is a straggler (people
@@ -98,7 +109,7 @@ end
 -- Returns (reopened, note for the ticket's trail).
 local function after_resolve(gid, spec, n, alert_json)
   local since = redis.call('HINCRBY', ghash[gid], 'since_resolved', 1)
-  local st = type(spec['d']) == 'table' and type(spec['d']['storm']) == 'table' and spec['d']['storm'] or {}
+  local st = storm_of(spec)
   local ratio, burst = tonumber(st['ratio']), tonumber(st['burst'])
   local bursting = st['rule'] == 'k' or (ratio ~= nil and burst ~= nil and ratio >= burst)
   if since >= K and bursting then
@@ -134,22 +145,21 @@ local function join(gid, spec, alert_json)
   local alert, evt = 'none', 'ticket.grouped'
   local incident = is_incident(gid)
   local note = nil
-  if incident and redis.call('HGET', ghash[gid], 'status') == 'resolved' then
-    local reopened
-    reopened, note = after_resolve(gid, spec, n, alert_json)
-    if reopened then
-      event('type', evt, 'ticket_id', spec['t'], 'group', gid, 'size', n)
-      return n, true, 'incident', note
+  if incident and not is_open_incident(gid) then
+    -- re-opened (a member again, the page is the re-open's), or a follow-up: routed on its own, no page for it
+    incident, note = after_resolve(gid, spec, n, alert_json)
+    if incident then
+      alert = 'incident'
+    elseif urgent then
+      alert = 'suppressed'
     end
-    -- a follow-up: not a member of an open incident (routed on its own), no page for it
-    if urgent then alert = 'suppressed' end
     event('type', evt, 'ticket_id', spec['t'], 'group', gid, 'size', n)
-    return n, false, alert, note
+    return n, incident, alert, note
   end
   if incident then
     if urgent then alert = 'suppressed' end
     evt = 'incident.grew'
-    track(gid, n, spec['d'] and spec['d']['storm'])
+    track(gid, n, storm_of(spec))
   elseif urgent and n == 1 then
     redis.call('XADD', KEYS[4], '*', 'type', 'ticket.urgent', 'group', gid, 'size', n, 'data', alert_json)
     alert = 'sent'
@@ -164,7 +174,7 @@ end
 local function merge(m, s, alert_json)
   if redis.call('HGET', ghash[m], 'merged_into') then return false end
   local members = redis.call('LRANGE', gmem[m], 0, -1)
-  local m_inc = is_incident(m) and redis.call('HGET', ghash[m], 'status') ~= 'resolved'
+  local m_inc = is_open_incident(m)
   local s_inc = is_incident(s)
   for i = 1, #members, 500 do
     redis.call('RPUSH', gmem[s], unpack(members, i, math.min(i + 499, #members)))
@@ -185,7 +195,7 @@ local function merge(m, s, alert_json)
       s_inc = true
     end
   end
-  local inc = (s_inc and redis.call('HGET', ghash[s], 'status') ~= 'resolved') and '1' or '0'
+  local inc = is_open_incident(s) and '1' or '0'
   for _, id in ipairs(members) do
     if rec_of[id] and redis.call('EXISTS', rec_of[id]) == 1 then
       redis.call('HSET', rec_of[id], 'group', s, 'incident', inc)
@@ -227,12 +237,12 @@ for i = 1, T do
     local gid = final(spec['g'])
     local n = tonumber(redis.call('HGET', ghash[gid], 'size'))
     if spec['o'] == 1 and not is_incident(gid) then
-      open_incident(gid, n, alert_json, spec['d'] and spec['d']['storm'])
+      open_incident(gid, n, alert_json, storm_of(spec))
       event('type', 'incident.opened', 'ticket_id', spec['t'], 'group', gid, 'size', n)
       alert = 'incident'
     end
     -- a member of an open incident (a follow-up of a resolved one is not)
-    local inc = (is_incident(gid) and redis.call('HGET', ghash[gid], 'status') ~= 'resolved') and 1 or 0
+    local inc = is_open_incident(gid) and 1 or 0
     local note_json = note and cjson.encode(note) or ''
     redis.call('HSET', rec, 'group', gid, 'group_size', n, 'incident', inc, 'alert', alert, 'grouped_seq', seq)
     if note then redis.call('HSET', rec, 'after_resolve', note_json) end
