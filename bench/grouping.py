@@ -65,26 +65,34 @@ class Embeddings:
         return np.stack([self.cache[t] for t in texts])
 
 
-def drain_order(planned: list, drain: float, lane_delay_s: float = 0.3) -> list[int]:
-    """The order dedup sees the tickets in when the pipeline drains `drain` tickets/s: the door's urgent lane
-    (text-urgent tickets; a storm's are handed to enrich's main loop ahead of its backlog) within `lane_delay_s` of
-    arrival, the rest first in, first out at `drain`/s. Their times stay the arrival times (received_at)."""
+def drain_order(planned: list, drain: float | None, lane_delay_s: float = 0.3) -> tuple[list[int], set[int]]:
+    """The order dedup sees the tickets in when the pipeline drains `drain` tickets/s, and which came through the
+    door's urgent lane: those (text-urgent tickets; a storm's are handed to enrich's main loop ahead of its backlog)
+    within `lane_delay_s` of arrival, the rest first in, first out at `drain`/s. `drain` None: a flush, every ticket
+    delivered at once after the scenario (a help desk's queue replayed with created_at), the lane's first. Their
+    times stay the arrival (creation) times."""
     from routing_engine.domain.urgency import door_urgent
 
-    done: list[tuple[float, int]] = []
+    done: list[tuple[float, float, int]] = []
+    lanes: set[int] = set()
     free = 0.0
     for i, p in enumerate(planned):
         t = p.ticket
-        if door_urgent(t.get("subject", ""), t.get("body", ""), 0.8):
-            done.append((p.at_s + lane_delay_s, i))
+        lane = door_urgent(t.get("subject", ""), t.get("body", ""), 0.8)
+        if lane:
+            lanes.add(i)
+        if drain is None:
+            done.append((0.0 if lane else 1.0, p.at_s, i))
+        elif lane:
+            done.append((p.at_s + lane_delay_s, p.at_s, i))
         else:
             free = max(p.at_s, free + 1.0 / drain)
-            done.append((free, i))
-    return [i for _, i in sorted(done)]
+            done.append((free, p.at_s, i))
+    return [i for *_, i in sorted(done)], lanes
 
 
 def replay(planned: list, vecs: np.ndarray, top: list[list[tuple[str, float]]], rule: GroupingRule,
-           order: list[int] | None = None) -> dict:
+           order: list[int] | None = None, lanes: set[int] = frozenset()) -> dict:
     """Group every ticket in arrival order (or `order`); returns ticket id -> final group, and the incident groups
     (K). Times are the arrival times either way."""
     g = Grouper(rule, incident_k=K)
@@ -103,7 +111,7 @@ def replay(planned: list, vecs: np.ndarray, top: list[list[tuple[str, float]]], 
             sims = vecs[win] @ vecs[i]
             idx = np.argsort(-sims)[:NEIGHBOURS]
             nbrs = [(ids[win[j]], float(sims[j])) for j in idx]
-        d = g.assign(p.ticket["id"], vecs[i], top[i][0][0], top[i], p.at_s, nbrs)
+        d = g.assign(p.ticket["id"], vecs[i], top[i][0][0], top[i], p.at_s, nbrs, lane=i in lanes)
         decisions[d.rule] += 1
         seen.append(i)
         grp = g.groups[g.resolve(d.group)]
@@ -171,6 +179,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only-new", action="store_true", help="skip the old rule")
     ap.add_argument("--drain", type=float, help="decide in the order a pipeline draining this many tickets/s sees "
                     "them (the urgent lane first, the backlog in order: see drain_order); default arrival order")
+    ap.add_argument("--flush", action="store_true", help="decide as if every ticket arrived at once after the "
+                    "scenario, with its time as created_at: the urgent lane's tickets first, then the rest in order")
     ap.add_argument("--capacity", type=float, default=200.0,
                     help="tickets/s that relative rates ('10x') are of (default 200; bench/flood.py measures it)")
     args = ap.parse_args(argv)
@@ -201,7 +211,8 @@ def main(argv=None) -> int:
                   f"from the other {len(te)}", file=sys.stderr)
         pool = [(texts[i], labels[i]) for i in te]
     names = args.scenario or sorted(p.stem for p in (HERE / "scenarios").glob("*.yaml"))
-    report = {"mode": "in-sample" if args.in_sample else "out-of-sample (70/30)", "k": K, "scenarios": {}}
+    report = {"mode": "in-sample" if args.in_sample else "out-of-sample (70/30)", "k": K, "scenarios": {},
+              "order": "flush" if args.flush else f"drain {args.drain}/s" if args.drain else "arrival"}
     rules = {"old": OLD_RULE, "new": replace(GroupingRule(), **json.loads(args.rule or "{}"))}
     for name in names:
         sc = sc_mod.load_scenario(name)
@@ -216,8 +227,8 @@ def main(argv=None) -> int:
         for rname, rule in rules.items():
             if args.only_new and rname == "old":
                 continue
-            order = drain_order(planned, args.drain) if args.drain else None
-            s = score(planned, replay(planned, vecs, top, rule, order))
+            order, lanes = drain_order(planned, args.drain) if args.drain or args.flush else (None, set())
+            s = score(planned, replay(planned, vecs, top, rule, order, lanes))
             report["scenarios"][name][rname] = s
             storms = "; ".join(f"{sid}: {i['groups']} groups, {i['incidents']} inc, main {i['main_incident_share']:.0%}"
                                f", detect {i['detect_s_after_kth']} s" for sid, i in s["storms"].items())

@@ -78,6 +78,7 @@ class Settings:
     storm_calm: float = field(default=2.0, metadata={"env": "ROUTING_STORM_CALM", "help": "a storm's rate under this many times its baseline counts as calm"})
     storm_quiet_s: float = field(default=60.0, metadata={"env": "ROUTING_STORM_QUIET_S", "help": "calm this long ends a group's storm state (its incident stays open)"})
     storm_tau_fringe: float = field(default=0.5, metadata={"env": "ROUTING_STORM_TAU_FRINGE", "help": "centroid cosine to an open storm's group under which a bursting group is never that storm's fringe"})
+    storm_chance: float = field(default=1e-3, metadata={"env": "ROUTING_STORM_CHANCE", "help": "a burst must be this unlikely as chance (Poisson tail of the group's last seconds at its baseline) to open an incident; 0 = off"})
     storm_fringe_ratio: float = field(default=0.1, metadata={"env": "ROUTING_STORM_FRINGE_RATIO", "help": "a bursting group near an open storm growing at under this share of its rate is its fringe: no incident of its own (0 = off)"})
     urgent_threshold: float = field(default=0.8, metadata={"env": "ROUTING_URGENT_THRESHOLD", "help": "S above this sends an alert"})
     alert_url: str = field(default="", metadata={"env": "ROUTING_ALERT_URL", "help": "outbound webhook for alerts (unset = none)"})

@@ -31,6 +31,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from .rates import Decayed, StreamCounts
+
+LN2 = math.log(2)
 
 @dataclass(frozen=True)
 class GroupingRule:
@@ -78,6 +81,12 @@ class GroupingRule:
     # of its own. fringe_ratio 0 turns this off.
     tau_fringe: float = 0.5
     fringe_ratio: float = 0.1
+    # A burst must also be unlikely as chance: the group's tickets of the last seconds, as a Poisson count whose mean
+    # is what the baseline expects there, must have a tail probability under storm_chance. Where the baseline expects
+    # one ticket, four or five together pass the 4x test by luck: a thin stream (a quiet desk, or the urgent lane's
+    # tenth of a flushed backlog) opened incidents on such clusters. A storm clears it with a handful more tickets
+    # (at a baseline of 1.2 tickets in the window: 8 instead of 5). 0 turns it off.
+    storm_chance: float = 1e-3
 
 
 _TRACKED = frozenset({"total", "n", "categories", "merged_into"})  # what the centroid cache holds of a group
@@ -93,10 +102,9 @@ class Group:
     last_ts: float = 0.0
     merged_into: str | None = None
     incident_ts: float | None = None  # when its incident opened (a storm with K; mirrors the Redis group)
-    rate: float = 0.0  # tickets/s, exponentially decayed, as of rate_ts
-    rate_ts: float = 0.0
-    slow: float = 0.0  # decayed count with the baseline half-life, as of slow_ts
-    slow_ts: float = 0.0
+    # its tickets counted with the fast half-life (the rate) and the baseline one, readable at any ticket's time
+    fast: Decayed = field(default_factory=lambda: Decayed(GroupingRule.rate_halflife_s))
+    slow: Decayed = field(default_factory=lambda: Decayed(GroupingRule.baseline_halflife_s))
     storm: bool = False  # in storm state (see GroupingRule)
     storm_ts: float | None = None  # when the storm state began
     hot_until: float = 0.0  # the fast rate stays above storm_calm x baseline until then (absent new tickets)
@@ -108,33 +116,28 @@ class Group:
         if name in _TRACKED and self._sink is not None:  # `g.total = ...`, `g.n += 1`, ...: the cache row is stale
             self._sink.add(self.gid)
 
+    @classmethod
+    def new(cls, gid: str, dim: int, ts: float, rule: GroupingRule) -> Group:
+        return cls(gid, np.zeros(dim, dtype=np.float64), first_ts=ts, fast=Decayed(rule.rate_halflife_s),
+                   slow=Decayed(rule.baseline_halflife_s))
+
     def copy(self) -> Group:
-        return replace(self, total=self.total.copy(), categories=Counter(self.categories))
+        return replace(self, total=self.total.copy(), categories=Counter(self.categories), fast=self.fast.copy(),
+                       slow=self.slow.copy())
 
-    def rate_at(self, ts: float, halflife_s: float) -> float:
-        return self.rate * 0.5 ** (max(0.0, ts - self.rate_ts) / halflife_s)
+    def count(self, ts: float) -> None:
+        """One ticket at ts. Counted in one-second buckets (models/rates.py), so the rate read at a ticket's time
+        holds the tickets at or before it whatever order they were decided in: the urgent lane runs ahead of a
+        backlog, a replayed backlog carries created_at."""
+        self.fast.add(ts)
+        self.slow.add(ts)
 
-    def slow_at(self, ts: float, halflife_s: float) -> float:
-        return self.slow * 0.5 ** (max(0.0, ts - self.slow_ts) / halflife_s)
+    def rate_at(self, ts: float) -> float:
+        """Tickets/s at ts: the decayed count of the tickets at or before it, over the half-life's mean life."""
+        return self.fast.at(ts) * LN2 / self.fast.h
 
-    def count(self, ts: float, halflife_s: float, n: float = 1.0, rate: float = 0.0) -> None:
-        """n tickets at ts (or another group's rate folded in). A ticket older than the last one counted (the urgent
-        lane goes first; a replayed backlog's created_at) adds what is left of it by then, so the count does not
-        depend on the order tickets are decided in: counted undecayed, a few tickets ahead of their time made a
-        calm group look like a burst."""
-        add = rate + n * math.log(2) / halflife_s
-        if ts >= self.rate_ts:
-            self.rate = self.rate_at(ts, halflife_s) + add
-            self.rate_ts = ts
-        else:
-            self.rate = self.rate + add * 0.5 ** ((self.rate_ts - ts) / halflife_s)
-
-    def count_slow(self, ts: float, halflife_s: float, n: float) -> None:
-        if ts >= self.slow_ts:
-            self.slow = self.slow_at(ts, halflife_s) + n
-            self.slow_ts = ts
-        else:
-            self.slow = self.slow + n * 0.5 ** ((self.slow_ts - ts) / halflife_s)
+    def slow_at(self, ts: float) -> float:
+        return self.slow.at(ts)
 
     def storm_at(self, ts: float, quiet_s: float) -> bool:
         """In storm state at ts: it closes once the rate stayed calm for the quiet period."""
@@ -166,6 +169,7 @@ class Decision:
     storm: dict = field(default_factory=dict)  # the storm test of `group` at this ticket, for the trail
     # `group`'s storm state after this ticket [storm 0/1, storm_ts, hot_until, incident_ts]: replays set it as is
     state: list = field(default_factory=list)
+    lane: bool = False  # it came through the urgent ingest lane, which runs ahead of a backlog (see Grouper.main_ts)
 
     def trail(self) -> dict:
         """What the ticket's trail shows: which group, which score, which rule, what merged, the storm test."""
@@ -174,49 +178,27 @@ class Decision:
                 "merged": list(self.merged), "storm": dict(self.storm)}
 
 
-@dataclass
-class Baseline:
-    """What is normal in the stream: decayed counts of the tickets outside storm groups, overall and per predicted
-    category, with the slow (baseline) half-life and with the fast one, since the first ticket seen (t0). The slow
-    count minus the fast one is the stream as it was before the last few seconds: a burst that just began is not
-    in it yet, so it cannot raise its own bar."""
-
-    t0: float | None = None
-    ts: float = 0.0
-    slow: dict = field(default_factory=dict)  # category -> decayed count, slow half-life
-    fast: dict = field(default_factory=dict)  # category -> decayed count, fast half-life
-
-    def copy(self) -> Baseline:
-        return Baseline(self.t0, self.ts, dict(self.slow), dict(self.fast))
-
-    def decay(self, ts: float, h_slow: float, h_fast: float) -> None:
-        if ts <= self.ts:
-            return
-        fs, ff = 0.5 ** ((ts - self.ts) / h_slow), 0.5 ** ((ts - self.ts) / h_fast)
-        self.slow = {c: x for c, v in self.slow.items() if (x := v * fs) > 1e-3}
-        self.fast = {c: x for c, v in self.fast.items() if (x := v * ff) > 1e-3}
-        self.ts = ts
-
-    def add(self, ts: float, category: str, h_slow: float, h_fast: float) -> None:
-        if self.t0 is None:
-            self.t0 = self.ts = ts
-        self.t0 = min(self.t0, ts)
-        self.decay(ts, h_slow, h_fast)
-        late = max(0.0, self.ts - ts)  # older than the last ticket counted: what is left of it now (see Group.count)
-        self.slow[category] = self.slow.get(category, 0.0) + (0.5 ** (late / h_slow) if late else 1.0)
-        self.fast[category] = self.fast.get(category, 0.0) + (0.5 ** (late / h_fast) if late else 1.0)
-
-    def lagged(self) -> dict:
-        """category -> decayed count of the tickets before the last few seconds."""
-        fast = self.fast.get
-        return {c: d if (d := v - fast(c, 0.0)) > 0.0 else 0.0 for c, v in self.slow.items()}  # max(0, v - fast)
-
-
 def _span(elapsed: float, h_slow: float, h_fast: float) -> float:
     """Seconds of stream a lagged count covers (slow minus fast decayed count of a steady rate of 1/s), after
     `elapsed` seconds of stream: a stream seen for 10 s has not had a minute of baseline yet."""
     ln2 = math.log(2)
     return h_slow / ln2 * (1.0 - 0.5 ** (elapsed / h_slow)) - h_fast / ln2 * (1.0 - 0.5 ** (elapsed / h_fast))
+
+
+def poisson_tail(mean: float, k: float) -> float:
+    """P(X >= k) for X ~ Poisson(mean), k rounded down: how likely k or more tickets are by chance."""
+    k = int(k)
+    if k <= 0:
+        return 1.0
+    if mean <= 0.0:
+        return 0.0
+    if k > mean + 12.0 * math.sqrt(mean) + 20.0:  # far in the tail: under 1e-12 whatever the mean
+        return 0.0
+    term = total = math.exp(-mean)  # P(X = 0), then P(X = j) for j < k
+    for j in range(1, k):
+        term *= mean / j
+        total += term
+    return max(0.0, 1.0 - total)
 
 
 def _clusters(counts) -> float:
@@ -381,8 +363,12 @@ class Grouper:
         self._live_multi: set[str] = set()
         self.apart: set[frozenset] = set()  # pairs of groups an operator separated: never merged automatically
         self._added: list[str] = []
-        self.base = Baseline()
-        self._base_saved: Baseline | None = None
+        self.base = StreamCounts(self.rule.baseline_halflife_s, self.rule.rate_halflife_s)
+        # The main stream's position in event time: the latest ticket decided that did not come through the urgent
+        # lane. Past it the stream has only been seen through the lane (a tenth of it, say), so a lane ticket ahead
+        # of it is judged against the baseline as of that position (see _storm).
+        self.main_ts: float | None = None
+        self._main_saved: float | None = None
 
     @property
     def groups(self) -> dict[str, Group]:
@@ -398,10 +384,12 @@ class Grouper:
     def begin(self) -> None:
         """Start a batch whose decisions may be rolled back: groups are copied before their first change."""
         self._journal, self._added = {}, []
-        self._base_saved = self.base.copy()
+        self._main_saved = self.main_ts
+        self.base.begin()
 
     def keep(self) -> None:
-        self._journal, self._added, self._base_saved = None, [], None
+        self._journal, self._added = None, []
+        self.base.keep()
 
     @property
     def added(self) -> list[str]:
@@ -421,9 +409,9 @@ class Grouper:
             self.group_of.pop(t, None)
             self.category_of.pop(t, None)
             self.decisions.pop(t, None)
-        if self._base_saved is not None:
-            self.base = self._base_saved
-        self._journal, self._added, self._base_saved = None, [], None
+        self.base.rollback()
+        self.main_ts = self._main_saved
+        self._journal, self._added = None, []
         self._live_multi = {gid for gid, g in self.groups.items() if g.n >= 2 and g.merged_into is None}
 
     def _touch(self, gid: str) -> None:
@@ -446,9 +434,9 @@ class Grouper:
         return [self.groups[g] for g in self._live_multi]
 
     def assign(self, tid: str, vec: np.ndarray, category: str, top: list[tuple[str, float]], ts: float,
-               neighbours: list[tuple[str, float]]) -> Decision:
-        """Decide the group of ticket `tid` (unit vector `vec`, predicted `category` and top labels) given its
-        nearest tickets in the window, and record it."""
+               neighbours: list[tuple[str, float]], lane: bool = False) -> Decision:
+        """Decide the group of ticket `tid` (unit vector `vec`, predicted `category` and top labels, event time `ts`)
+        given its nearest tickets in the window, and record it. `lane`: it came through the urgent ingest lane."""
         r = self.rule
         if tid in self.group_of:  # a redelivered ticket keeps its group (and the decision that put it there)
             gid = self.group_of_ticket(tid)
@@ -475,10 +463,11 @@ class Grouper:
                     break
         decision.joined_group = decision.group
         decision.ts = ts
-        self._record(tid, vec, category, ts, decision.group)
+        decision.lane = lane
+        self._record(tid, vec, category, ts, decision.group, lane)
         survivor, pairs = self._merge(decision.group, ts)
         g = self.groups[survivor]
-        decision.storm = self._storm(g, ts)
+        decision.storm = self._storm(g, ts, lane)
         if g.incident_ts is None and g.storm:
             g.incident_ts = ts
             decision.opens = True
@@ -533,7 +522,7 @@ class Grouper:
         if tid in self.group_of:
             return
         ts = decision.ts or ts
-        self._record(tid, vec, category, ts, decision.joined_group or decision.group)
+        self._record(tid, vec, category, ts, decision.joined_group or decision.group, decision.lane)
         for merged, survivor in decision.merges:
             if merged in self.groups and survivor in self.groups:
                 self._absorb(self.groups[survivor], self.groups[merged], ts)
@@ -543,23 +532,24 @@ class Grouper:
             storm, storm_ts, hot_until, incident_ts = decision.state
             g.storm, g.storm_ts, g.hot_until, g.incident_ts = bool(storm), storm_ts, float(hot_until), incident_ts
         if self.rule.storm_burst > 0:  # as the storm test did when it was decided
-            self.base.decay(ts, self.rule.baseline_halflife_s, self.rule.rate_halflife_s)
+            self.base.decay(ts)
         self.decisions[tid] = decision
 
-    def _record(self, tid: str, vec: np.ndarray, category: str, ts: float, gid: str) -> None:
+    def _record(self, tid: str, vec: np.ndarray, category: str, ts: float, gid: str, lane: bool = False) -> None:
         r = self.rule
+        if not lane and (self.main_ts is None or ts > self.main_ts):
+            self.main_ts = ts
         self._touch(gid)
         g = self.groups.get(gid)
         if g is None:
-            g = self.groups[gid] = Group(gid, np.zeros_like(vec, dtype=np.float64), first_ts=ts)
+            g = self.groups[gid] = Group.new(gid, len(vec), ts, r)
         g.total = g.total + vec
         g.n += 1
         g.categories[category] += 1
         g.last_ts = max(g.last_ts, ts)
-        g.count(ts, r.rate_halflife_s)
-        g.count_slow(ts, r.baseline_halflife_s, 1.0)
+        g.count(ts)
         if not g.storm_at(ts, r.storm_quiet_s):  # a storm's own tickets are not the stream's normal
-            self.base.add(ts, category, r.baseline_halflife_s, r.rate_halflife_s)
+            self.base.add(ts, category)
         if g.n >= 2 and g.merged_into is None:
             self._live_multi.add(gid)
         self.group_of[tid] = gid
@@ -569,39 +559,55 @@ class Grouper:
 
     def baseline(self, g: Group, ts: float) -> tuple[float, dict]:
         """The rate group g would have if nothing unusual were happening (tickets/s), and its parts, each as it was
-        before the last few seconds (see Baseline): the rest of the stream per cluster (non-storm tickets/s over
-        the effective number of categories), g's category, g's own rate."""
+        before the last few seconds and as of ts (see StreamCounts.lagged_at): the rest of the stream per cluster
+        (non-storm tickets/s over the effective number of categories), g's category, g's own rate."""
         r = self.rule
         hs, hf = r.baseline_halflife_s, r.rate_halflife_s
         b = self.base
-        b.decay(ts, hs, hf)
         elapsed = ts - b.t0 if b.t0 is not None else 0.0
         span = max(_span(elapsed, hs, hf), 0.25)
-        lag = b.lagged()
+        lag = b.lagged_at(ts)
         total = sum(lag.values())
-        own = max(0.0, g.slow_at(ts, hs) - g.rate_at(ts, hf) * hf / math.log(2))
+        own = max(0.0, g.slow_at(ts) - g.fast.at(ts))
         parts = {"stream": total / span / max(1.0, _clusters(lag.values())),
                  "category": lag.get(g.category, 0.0) / span,
                  "group": own / max(_span(1e9, hs, hf), 1e-9)}
         return max(max(parts.values()), 1e-6), parts
 
-    def _storm(self, g: Group, ts: float) -> dict:
-        """The storm test of g at ts (hysteresis: burst to start, a quiet period to end); returns the trail's part."""
+    def _storm(self, g: Group, ts: float, lane: bool = False) -> dict:
+        """The storm test of g at ts (hysteresis: burst to start, a quiet period to end); returns the trail's part.
+
+        Everything is read as of the ticket's own time, whatever order tickets were decided in: its group's rate and
+        size count the tickets at or before ts (the urgent lane decides tickets ahead of a backlog; a flushed backlog
+        carries created_at), the baseline the stream before ts's last few seconds. A ticket of the urgent lane more
+        than a few seconds ahead of the main stream (main_ts) is judged against the baseline as of the main stream's
+        position: beyond it the stream has only been seen through the lane, and a thinned stream's counts are too
+        small to say what is unusual (flushed at once, a calm stream's lane tickets opened incidents on chance
+        clusters of four or five). Its own group's rate still counts, so a storm that reads urgent and rides the
+        lane is seen from the lane alone; a storm in the backlog is seen when the backlog reaches it."""
         r = self.rule
         ended = g.storm and not g.storm_at(ts, r.storm_quiet_s)
         if ended:
             self._touch(g.gid)
             g.storm = False
-        rate = g.rate_at(ts, r.rate_halflife_s)
+        rate = g.rate_at(ts)
+        due = g.n - int(g.fast.after(ts))  # members at or before ts: those decided ahead of it are not due yet
         if r.storm_burst <= 0:  # the test is off: K in the window is a storm, and it stays one
-            started = not g.storm and g.n >= self.incident_k
+            started = not g.storm and due >= self.incident_k
             if started:
                 self._touch(g.gid)
                 g.storm, g.storm_ts, g.hot_until = True, ts, 1e18
             return {"state": "on" if g.storm else "off", "started": started, "rule": "k", "rate": round(rate, 3)}
-        base, parts = self.baseline(g, ts)
+        read = ts
+        if lane and self.main_ts is not None:
+            read = min(ts, self.main_ts + r.rate_halflife_s)  # the baseline leaves out the last seconds anyway
+        base, parts = self.baseline(g, read)
         ratio = rate / base
-        started = not g.storm and g.n >= self.incident_k and ratio >= r.storm_burst
+        started = not g.storm and due >= self.incident_k and ratio >= r.storm_burst
+        chance = None
+        if started and r.storm_chance > 0:
+            chance = poisson_tail(base * r.rate_halflife_s / LN2, g.fast.at(ts))
+            started = chance < r.storm_chance
         fringe = self._fringe_of(g, rate, ts) if started and g.incident_ts is None else None
         if fringe is not None:
             started = False
@@ -613,6 +619,12 @@ class Grouper:
         out = {"state": "on" if g.storm else "off", "started": started, "rule": "burst", "rate": round(rate, 3),
                "baseline": round(base, 4), "ratio": round(ratio, 2), "by": max(parts, key=parts.get),
                "burst": r.storm_burst, "size": g.n, "k": self.incident_k}
+        if due != g.n:
+            out["due"] = due
+        if chance is not None:
+            out["chance"] = float(f"{chance:.3g}")
+        if read < ts:
+            out["baseline_behind_s"] = round(ts - read, 2)
         if ended:
             out["ended"] = True
         if fringe is not None:  # bursting with a storm near it, at a fraction of its rate: that storm's fringe
@@ -628,7 +640,7 @@ class Grouper:
                  and o.storm_at(ts, r.storm_quiet_s)]
         best = None
         for o, sim in zip(cands, _cosines(cands, g.centroid)):
-            share = rate / max(o.rate_at(ts, r.rate_halflife_s), 1e-9)
+            share = rate / max(o.rate_at(ts), 1e-9)
             if sim >= r.tau_fringe and share < r.fringe_ratio and (best is None or sim > best[1]):
                 best = (o, sim, share)
         return best
@@ -642,9 +654,8 @@ class Grouper:
         survivor.n += other.n
         survivor.categories.update(other.categories)
         survivor.last_ts = max(survivor.last_ts, other.last_ts)
-        survivor.count(ts, r.rate_halflife_s, n=0, rate=other.rate_at(ts, r.rate_halflife_s))
-        h = r.baseline_halflife_s
-        survivor.count_slow(ts, h, other.slow_at(ts, h))
+        survivor.fast.merge(other.fast)
+        survivor.slow.merge(other.slow)
         if other.storm_at(ts, r.storm_quiet_s):
             if not survivor.storm_at(ts, r.storm_quiet_s):
                 survivor.storm, survivor.storm_ts = True, other.storm_ts
@@ -689,14 +700,13 @@ class Grouper:
                     pairs.append((other.gid, survivor.gid))
             g = survivor
         if r.tau_merge_cross <= 1.0:
-            h = r.rate_halflife_s
             c = g.centroid
             others = [o for o in self._multi() if o.gid != g.gid and o.n >= r.min_merge_size]
             for o, sim in zip(others, _cosines(others, c)):
                 if sim < r.tau_merge_cross or o.merged_into is not None or o.category == g.category:
                     continue
-                fast, slow = (g, o) if g.rate_at(ts, h) >= o.rate_at(ts, h) else (o, g)
-                rf, rs = fast.rate_at(ts, h), slow.rate_at(ts, h)
+                fast, slow = (g, o) if g.rate_at(ts) >= o.rate_at(ts) else (o, g)
+                rf, rs = fast.rate_at(ts), slow.rate_at(ts)
                 if rf >= r.storm_rate and rs <= r.spill_ratio * rf and slow.n <= r.spill_ratio * fast.n:
                     self._absorb(fast, slow, ts)
                     pairs.append((slow.gid, fast.gid))

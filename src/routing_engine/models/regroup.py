@@ -46,7 +46,7 @@ def regroup(g: Grouper, kind: str, src: str, dst: str, tids: list[str], vecs: di
         og = g.groups.get(old)
         if target is None:
             dim = next(iter(vecs.values())).shape[0] if vecs else (len(og.total) if og is not None else 0)
-            target = g.groups[dst_now] = Group(dst_now, np.zeros(dim, dtype=np.float64), first_ts=ts)
+            target = g.groups[dst_now] = Group.new(dst_now, dim, ts, g.rule)
         v = vecs.get(t)
         cat = g.category_of.get(t)
         if og is not None:

@@ -49,7 +49,7 @@ def rule_of(settings) -> GroupingRule:
     return GroupingRule(tau=s.dedup_tau, tau_category=s.dedup_tau_category, tau_centroid=s.dedup_tau_centroid,
                         tau_centroid_category=s.dedup_tau_centroid_category, tau_merge=s.dedup_tau_merge,
                         storm_burst=s.storm_burst, storm_calm=s.storm_calm, storm_quiet_s=s.storm_quiet_s,
-                        tau_fringe=s.storm_tau_fringe, fringe_ratio=s.storm_fringe_ratio)
+                        tau_fringe=s.storm_tau_fringe, fringe_ratio=s.storm_fringe_ratio, storm_chance=s.storm_chance)
 
 
 BACKDATE_MAX_S = 3600  # created_at older than this (or the window, when longer) is not believed for rates
@@ -134,7 +134,8 @@ class DedupStage(Stage):
                     decision = Decision(d["group"], d["joined"], d["rule"], d["score"], d.get("neighbor"),
                                         d.get("neighbor_score", -1.0), list(d.get("merged", [])), spec["g"],
                                         [tuple(x) for x in spec["m"]], float(spec.get("ts") or ts),
-                                        bool(spec.get("o")), d.get("storm") or {}, list(spec.get("st") or []))
+                                        bool(spec.get("o")), d.get("storm") or {}, list(spec.get("st") or []),
+                                        bool(spec.get("ln")))
                     self.grouper.apply(spec["t"], vec, spec["c"], ts, decision)
                     self._add(spec["t"], vec, ts)
                     self.seq = seq
@@ -171,8 +172,10 @@ class DedupStage(Stage):
             # into one
             ts = event_time_s(msg.ticket.created_s(), msg.received_at / 1000 if msg.received_at > 0 else now,
                               self.settings.dedup_window_s)
+            # the urgent ingest lane runs ahead of a backlog: the storm test reads its baseline where the main stream is
+            lane = msg.enrich.get("ingest_lane") == "urgent"
             decisions.append(self.grouper.assign(tid, vec.astype(np.float64), msg.category, top_labels(msg.enrich),
-                                                 ts, candidates))
+                                                 ts, candidates, lane=lane))
         return decisions
 
     async def process(self, entries: list[Entry]) -> list[Outcome]:
@@ -278,7 +281,7 @@ class DedupStage(Stage):
                     "a": orjson.dumps({"ticket_id": msg.ticket_id, "subject": t.subject[:200],
                                        "category": msg.category, "team": msg.team, "urgency": msg.urgency,
                                        "group": d.group}).decode(),
-                    "d": d.trail(), "ts": d.ts, "o": int(d.opens), "st": d.state}
+                    "d": d.trail(), "ts": d.ts, "o": int(d.opens), "st": d.state, "ln": int(d.lane)}
             tickets.append((msg.ticket_id, orjson.dumps(spec), msg.emb_bytes()))
         by_id: dict[str, list] = {}
         if tickets:
