@@ -210,3 +210,49 @@ async def test_the_urgent_lane_runs_beside_a_main_batch_in_work_in_small_batches
 
 async def _started(stage):
     return bool(stage.batches)
+
+
+class Recording(Stage):
+    """Records the size of every batch of each stream."""
+
+    name = "route"
+
+    def __init__(self, settings, keys):
+        super().__init__(settings, keys)
+        self.batches: list[tuple[str, int]] = []
+
+    async def setup(self, ctx):
+        pass
+
+    def decode(self, entry):
+        return entry.id
+
+    async def process(self, entries):
+        lane = entries[0].stream == self.keys.deduped_urgent
+        self.batches.append(("urgent" if lane else "main", len(entries)))
+        return [Outcome(e, writes=[Write.cmd("RPUSH", f"{self.keys.base}:order", e.id)]) for e in entries]
+
+
+async def test_a_backed_up_lane_takes_what_waits_up_to_a_full_batch(settings, r):
+    """Eight at a time while it is light; once a read comes back full (a storm's urgent-reading tickets, say), the
+    lane reads a full batch, so the urgent tickets waiting in it drain at a main batch's pace."""
+    from routing_engine.infra.runtime import LANE_BATCH
+
+    k = Keys(settings.prefix)
+    stage = Recording(settings, k)
+    urgent = [await r.xadd(k.deduped_urgent, {"n": f"u{i}"}) for i in range(300)]
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_stages(r, [stage], "w1", stop))
+    try:
+        await wait_for(lambda: _all_pushed(r, k, len(urgent)), timeout=20)
+        sizes = [n for kind, n in stage.batches if kind == "urgent"]
+        assert sizes[0] == LANE_BATCH and max(sizes) == settings.batch_size > LANE_BATCH
+        assert len(sizes) < 300 / LANE_BATCH
+        await r.xadd(k.deduped_urgent, {"n": "late"})  # light again: small batches
+        await wait_for(lambda: _all_pushed(r, k, len(urgent) + 1), timeout=20)
+        assert stage.batches[-1] == ("urgent", 1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    order = await r.lrange(f"{k.base}:order", 0, -1)
+    assert len(order) == len(set(order)) == 301
