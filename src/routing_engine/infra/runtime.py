@@ -61,10 +61,6 @@ SUSPECT_DELIVERIES = 2
 # loop of its own beside the main stream's: an urgent batch takes tens of milliseconds where a full batch under
 # load takes hundreds, and it never waits for the main stream's batch in work.
 LANE_BATCH = 8
-# ...unless the lane itself is backed up (its last read came back full): then it reads and handles up to a full
-# batch at a time, so urgent tickets waiting in it drain at a main batch's pace instead of 8 per turn. With 8 a turn,
-# dedup's lane (one batch between two of the main stream's) decided ~30 urgent tickets/s under overload, and a
-# storm's urgent-reading fringe tickets waited 22.6 s at p99 (bench/results/issue13-session3, overload).
 # A lane whose stage triages (Stage.triage) is read this many entries at a time: the entries that are not urgent
 # singles after all (a storm's members, once its incident is open) are handed to the main stream's loop at once,
 # so a storm that reads urgent at the door does not queue the urgent singles behind it.
@@ -190,7 +186,6 @@ class StageRunner:
         self.streams = list(streams) if streams is not None else stage.inputs
         self.lane = lane
         self.batch_size = min(LANE_BATCH, self.s.batch_size) if lane else self.s.batch_size
-        self._backed_up = False  # a lane's last read came back full: it reads a full batch next (see LANE_BATCH)
         self.main: StageRunner | None = None  # a lane's runner: the main stream's, which takes what triage hands it
         self.handed: collections.deque[Entry] = collections.deque()  # lane entries handed to this (main) runner
         self._handed_turn = False
@@ -323,16 +318,12 @@ class StageRunner:
                 return
         t = time.perf_counter()
         triage = self.lane and self.main is not None and type(self.stage).triage is not Stage.triage
-        size = self.s.batch_size if self._backed_up else self.batch_size
-        count = LANE_TRIAGE if triage else size
         resp = await self.r.xreadgroup(
             self.group, self.consumer, {stream: ">" for stream in self.streams},
-            count=count, block=None if self.handed else self.s.block_ms,
+            count=LANE_TRIAGE if triage else self.batch_size, block=None if self.handed else self.s.block_ms,
         )
         self._recovered()
         entries = self._entries(resp)
-        if self.lane:
-            self._backed_up = len(entries) >= count
         if not entries:
             return
         # an empty read only waited out BLOCK: not time spent on work
@@ -353,8 +344,8 @@ class StageRunner:
                 LANE_HANDED.labels(self.stage.name).inc(len(handed))
                 self.main.handed.extend(e for e in entries if e.id in handed)
                 entries = [e for e in entries if e.id not in handed]
-        for i in range(0, len(entries), size):
-            await self.handle(entries[i:i + size])
+        for i in range(0, len(entries), self.batch_size):
+            await self.handle(entries[i:i + self.batch_size])
 
     async def _touch_handed(self) -> None:
         """Lane entries waiting here stay pending on their lane under this consumer: XCLAIM JUSTID to itself (no
