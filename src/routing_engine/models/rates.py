@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 READ_HALFLIVES = 12  # a late read adds up buckets this many half-lives back (2^-12: the rest is noise)
+SUBTRACT_HALFLIVES = 20  # ...or, this close to the newest bucket, takes the buckets after it off the running total
 # Seconds of buckets kept behind the newest: a read this far behind it (less a read's span) is still exact. An hour
 # and a bit: dedup believes created_at up to an hour old, and a backlog an hour deep is already an outage of its own.
 KEEP_S = 4400
@@ -93,6 +94,12 @@ class Decayed:
             return self.head * 2.0 ** (-(t - self.top) / self.h)
         keys, vals, h = self.keys, self.vals, self.h
         hi = bisect.bisect_right(keys, bt)
+        if self.top - bt <= SUBTRACT_HALFLIVES * h and len(keys) - hi < hi:
+            # fewer buckets after t than before it (the usual late read: a few tickets ran ahead): the running total
+            # less those, decayed back to t (2^20 at most: ~1e-10 of rounding)
+            top = self.top
+            ahead = sum(vals[i] * 2.0 ** (-(top - keys[i]) / h) for i in range(hi, len(keys)))
+            return max(0.0, self.head - ahead) * 2.0 ** ((top - t) / h)
         lo = bisect.bisect_left(keys, bt - int(READ_HALFLIVES * h), 0, hi)
         return sum(vals[i] * 2.0 ** (-(t - keys[i]) / h) for i in range(lo, hi))
 
