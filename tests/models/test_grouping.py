@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -41,10 +43,21 @@ def test_the_category_is_evidence_not_a_gate():
     g.assign("s1", s1, "transfer_not_received", top("transfer_not_received"), 1, [("s0", float(s0 @ s1))])
     assert g.group_of_ticket("s1") == "s0"  # one group of two, its category transfer_not_received
     near = unit(1, 0, 0.9)  # centroid cosine ~0.74: enough only with the category as evidence
-    # predicted another category, but the group's category is its runner-up: joins
-    d = g.assign("t1", near, "pending_transfer", top("pending_transfer", 0.6, "transfer_not_received", 0.3), 3,
-                 [("s0", 0.7)])
+    runner_up = top("pending_transfer", 0.6, "transfer_not_received", 0.3)
+    # predicted another category, the group's category its runner-up: an ordinary group is not joined on a runner-up
+    # (second_label_storm_only: storm tickets took over background groups that way, then merged them into the storm)
+    d = g.assign("t0", near, "pending_transfer", runner_up, 3, [("s0", 0.7)])
+    assert d.rule == "none" and d.group == "t0"
+    # ...a group in storm state is: the storm makes its intent likely whatever the classifier's first choice
+    g.groups["s0"].storm = True
+    d = g.assign("t1", near, "pending_transfer", runner_up, 3, [("s0", 0.7)])
     assert d.rule == "centroid_category" and d.group == g.group_of_ticket("s0")
+    # and with the option off, any group is
+    g2 = Grouper(replace(rule, second_label_storm_only=False))
+    g2.assign("s0", s0, "transfer_not_received", top("transfer_not_received"), 0, [])
+    g2.assign("s1", s1, "transfer_not_received", top("transfer_not_received"), 1, [("s0", float(s0 @ s1))])
+    d = g2.assign("t1", near, "pending_transfer", runner_up, 3, [("s0", 0.7)])
+    assert d.rule == "centroid_category" and d.group == "s0"
     # no evidence for the group's category at all: starts its own group
     d = g.assign("t2", near, "card_arrival", top("card_arrival", 0.95, "card_delivery_estimate", 0.04), 4,
                  [("s0", 0.7)])
@@ -172,7 +185,7 @@ class _Reference(Grouper):
     """The straightforward rule the Grouper's centroid cache must decide exactly like: every candidate group's
     total stacked and compared per ticket, the merge candidates listed one by one (as before the cache)."""
 
-    def _best_group(self, vec, evidence, neighbours):
+    def _best_group(self, vec, evidence, neighbours, category=None):
         r = self.rule
         candidates = {g.gid: g for g in self._multi()}
         for nbr, _ in neighbours:
@@ -184,7 +197,8 @@ class _Reference(Grouper):
         for g, s in zip(cands, _cosines(cands, vec)):
             if s >= r.tau_centroid:
                 rule = "centroid"
-            elif s >= r.tau_centroid_category and g.category in evidence:
+            elif s >= r.tau_centroid_category and g.category in evidence and (
+                    not r.second_label_storm_only or category is None or g.category == category or g.storm):
                 rule = "centroid_category"
             else:
                 continue
