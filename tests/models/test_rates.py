@@ -105,16 +105,23 @@ def _storm_behind_a_backlog(drain: float | None, seed: int = 5, storm: bool = Tr
             free = max(free, t) + 1.0 / drain
             order.append((free, i))
     order.sort(key=lambda x: (x[0], tickets[x[1]][0]))
-    g = Grouper(GroupingRule(), incident_k=10)
-    last_of: dict[str, tuple[str, np.ndarray]] = {}
+    return _opened(Grouper(GroupingRule(), incident_k=10), rng, centres, tickets, [i for _, i in order],
+                   lanes if drain is not None or flush else set())
+
+
+def _opened(g: Grouper, rng, centres: dict, tickets: list[tuple[float, str]], order, lanes=frozenset()) -> list[str]:
+    """Decide `tickets` (time, category) in `order`, each a noisy copy of its category's centre with the category's
+    previous ticket as its neighbour; the categories whose groups opened an incident, in opening order."""
+    dim = len(next(iter(centres.values())))
+    last: dict[str, tuple[str, np.ndarray]] = {}
     opened: list[str] = []
-    for _, i in order:
+    for i in order:
         t, cat = tickets[i]
         v = centres[cat] + 0.35 * rng.normal(size=dim) * np.linalg.norm(centres[cat]) / math.sqrt(dim)
         v = v / np.linalg.norm(v)
-        near = [(last_of[cat][0], float(last_of[cat][1] @ v))] if cat in last_of else []
-        d = g.assign(f"t{i}", v, cat, [(cat, 0.9)], float(t), near, lane=i in lanes and (drain is not None or flush))
-        last_of[cat] = (f"t{i}", v)
+        near = [(last[cat][0], float(last[cat][1] @ v))] if cat in last else []
+        d = g.assign(f"t{i}", v, cat, [(cat, 0.9)], float(t), near, lane=i in lanes)
+        last[cat] = (f"t{i}", v)
         if d.opens:
             opened.append(cat)
     return opened
@@ -138,6 +145,7 @@ def test_a_flushed_backlog_opens_only_its_storm(seed):
     assert _storm_behind_a_backlog(None, seed, storm=False, flush=True) == []
     assert _storm_behind_a_backlog(None, seed, storm=True, flush=True) == ["storm"]
 
+
 def _thin_stream(extra: list[tuple[float, str]], chance: float) -> list[str]:
     """Twelve categories at 2 tickets/s in all (a quiet desk) for 300 s, plus `extra` tickets; which categories open."""
     rng = np.random.default_rng(3)
@@ -145,15 +153,7 @@ def _thin_stream(extra: list[tuple[float, str]], chance: float) -> list[str]:
     centres = {f"cat{k}": rng.normal(size=dim) for k in range(12)}
     tickets = sorted([(float(t), f"cat{rng.integers(12)}") for t in np.arange(0, 300, 0.5)] + extra)
     g = Grouper(GroupingRule(storm_chance=chance), incident_k=10)
-    last: dict[str, tuple[str, np.ndarray]] = {}
-    opened = []
-    for i, (t, cat) in enumerate(tickets):
-        v = centres[cat] + 0.35 * rng.normal(size=dim) * np.linalg.norm(centres[cat]) / math.sqrt(dim)
-        v = v / np.linalg.norm(v)
-        d = g.assign(f"t{i}", v, cat, [(cat, 0.9)], t, [(last[cat][0], float(last[cat][1] @ v))] if cat in last else [])
-        last[cat] = (f"t{i}", v)
-        opened += [cat] if d.opens else []
-    return opened
+    return _opened(g, rng, centres, tickets, range(len(tickets)))
 
 
 def test_a_handful_of_tickets_in_a_thin_stream_is_chance_but_a_storm_is_not():
