@@ -144,6 +144,36 @@ async def test_a_short_batch_waits_for_more_up_to_the_deadline(settings, r):
     assert sizes == [3]
 
 
+async def test_a_stage_cap_on_the_batch_wins_over_the_batch_size(settings, r):
+    """The fallback reads at most 64 a batch (its breaker times each batch) while the others read ROUTING_BATCH_SIZE."""
+    from dataclasses import replace
+
+    from routing_engine.stages.fallback import FallbackStage
+
+    assert FallbackStage.max_batch == 64
+    k = Keys(settings.prefix)
+    stage = Overlapping(replace(settings, batch_size=32), k)
+    stage.max_batch = 5
+    sizes: list[int] = []
+    process = stage.process
+
+    async def sized(entries):
+        sizes.append(len(entries))
+        return await process(entries)
+
+    stage.process = sized
+    for i in range(12):  # a backlog before the stage starts: full batches from the first read
+        await r.xadd(k.deduped, {"n": str(i)})
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_stages(r, [stage], "w1", stop))
+    try:
+        await wait_for(lambda: _all_pushed(r, k, 12), timeout=10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert sizes == [5, 5, 2]
+
+
 async def _all_pushed(r, k, n):
     return await r.llen(f"{k.base}:order") == n
 

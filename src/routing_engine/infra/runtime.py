@@ -120,6 +120,9 @@ class Stage:
     # > 0: a batch read short of batch_size waits up to this many ms for more entries (one XREADGROUP per arrival);
     # never when the batch holds an entry of a priority lane.
     batch_deadline_ms: float = 0.0
+    # > 0: this stage reads at most this many entries a batch, whatever ROUTING_BATCH_SIZE says (the fallback: its
+    # breaker times each batch against a budget).
+    max_batch: int = 0
 
     @property
     def inputs(self) -> list[str]:
@@ -185,7 +188,8 @@ class StageRunner:
         self.group = stage.name
         self.streams = list(streams) if streams is not None else stage.inputs
         self.lane = lane
-        self.batch_size = min(LANE_BATCH, self.s.batch_size) if lane else self.s.batch_size
+        size = min(self.s.batch_size, stage.max_batch) if stage.max_batch > 0 else self.s.batch_size
+        self.batch_size = min(LANE_BATCH, size) if lane else size
         self.main: StageRunner | None = None  # a lane's runner: the main stream's, which takes what triage hands it
         self.handed: collections.deque[Entry] = collections.deque()  # lane entries handed to this (main) runner
         self._handed_turn = False

@@ -47,6 +47,9 @@ def warmup_rate(model: FallbackModel) -> float:
 
 class FallbackStage(Stage):
     name = "fallback"
+    # The breaker counts a batch over ROUTING_BREAKER_BUDGET_MS (500) as a failure, and the transformer takes 4-9 ms a
+    # text on 2 cores: the other stages' batches (ROUTING_BATCH_SIZE, 512) would trip it by their size alone.
+    max_batch = 64
 
     def __init__(self, settings, keys, model: FallbackModel | None = None):
         super().__init__(settings, keys)
