@@ -95,7 +95,9 @@ def replay(data: dict, repeats: int) -> dict:
 
     settings = Settings.from_env()
     t0 = 1.8e9  # arrival times as epoch seconds
-    msgs = [SimpleNamespace(ticket_id=tid, emb=v, category=top[0][0], received_at=int((t0 + at) * 1000),
+    no_created_at = SimpleNamespace(created_s=lambda: None)  # the stage takes rates on arrival times then
+    msgs = [SimpleNamespace(ticket_id=tid, ticket=no_created_at, emb=v, category=top[0][0],
+                            received_at=int((t0 + at) * 1000),
                             enrich={"category": top[0][0], "confidence": top[0][1], "fast": {"top": top}})
             for tid, at, v, top in zip(data["ids"], data["at"], data["vecs"], data["top"])]
     runs = []

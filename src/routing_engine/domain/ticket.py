@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
@@ -47,7 +47,7 @@ class Ticket:
         return (dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)).timestamp()
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)  # orjson writes a dataclass as asdict would, without the deep copy
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Ticket:
