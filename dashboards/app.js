@@ -79,6 +79,15 @@ const handlers = {
     Object.assign(inc, { size: Math.max(inc.size, +e.size), rate: +e.rate || inc.rate, peak_rate: +e.peak_rate || inc.peak_rate });
     touch("incidents");
   },
+  // the storm behind the incident is over (calm for the quiet period) or bursting again: no page, the incident stays
+  "incident.storm_ended": (e) => {
+    Object.assign(incident(e.group), { storm_ended_at: +e.ts || Date.now() });
+    touch("incidents");
+  },
+  "incident.storm_resumed": (e) => {
+    Object.assign(incident(e.group), { storm_ended_at: null });
+    touch("incidents");
+  },
   "incident.merged": (e) => {
     // one storm, one incident: the merged one's hits go to the survivor, which takes the merged size
     const gone = state.incidents.get(e.merged);
@@ -300,7 +309,7 @@ function renderIncidents() {
   $("inc-list").innerHTML = open.slice(0, 20).map((inc) => {
     inc.hits = inc.hits.filter((ts) => ts > now - 60000);
     return `<li data-gid="${esc(inc.incident_id)}"><div class="row"><b>${esc(inc.incident_id.slice(0, 12))}</b>
-      <span>${inc.size} tickets · +${inc.hits.length}/min</span>
+      <span>${inc.size} tickets · +${inc.hits.length}/min${inc.storm_ended_at ? ' <span class="badge calm" title="its storm has been calm for the quiet period; resolve it when the cause is fixed">storm over</span>' : ""}</span>
       <button data-members="${esc(inc.incident_id)}">Members</button>
       <button data-resolve="${esc(inc.incident_id)}">Resolve</button></div>
       <div class="sample" title="${esc(inc.sample)}">${esc(inc.sample || "")}</div>

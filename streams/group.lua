@@ -11,7 +11,8 @@
 -- is lost or sent twice by a crash.
 -- KEYS: 1 sequence, 2 decision log stream, 3 incidents zset, 4 alerts stream, 5 events stream,
 --       6 .. 5+T: the tickets' records, then per group G (in the order of ARGV's group list): hash, members list,
---       then one record key per member id listed in ARGV (members of merged groups from before this batch)
+--       then one record key per member id listed in ARGV (members of merged groups from before this batch),
+--       last the storming zset (open incidents whose storm state is on, by when it ends; see storm_end.lua)
 -- ARGV: 1 expected sequence, 2 now_ms, 3 K (opening is the decision's `o`; K here is the re-open rule's), 4 ttl_s, 5 events maxlen, 6 log MINID (ms), 7 T, 8 G, 9 M,
 --       then G pairs (group id, members expected before the batch or -1 when not checked), then M member ids,
 --       then T pairs (decision JSON {t, g, m: [[merged, survivor]...], u, team, sample, a: alert JSON,
@@ -27,6 +28,7 @@ end
 local now, K, ttl, evmax = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local T, G, M = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local ghash, gmem = {}, {}
+local storming = KEYS[#KEYS]
 local a = 10
 for i = 1, G do
   local gid, expect = ARGV[a], tonumber(ARGV[a + 1])
@@ -57,7 +59,24 @@ end
 -- An open incident carries its storm's rate and size over time: rate and peak_rate (tickets/s, the storm test's
 -- at the latest member), and at its opening and each doubling of its size from K on a point [ms, size, rate] in
 -- `series` and an `incident.updated` event on the feed (no alert: nobody is paged for growth).
+-- While the storm state is on, its end (if no new ticket keeps it on: the trail's storm.until, s) is the group's
+-- storm_until (ms) and its score in the storming zset, where storm_end.lua finds it; a storm that had ended and is
+-- on again (a new burst, until still ahead) says so with incident.storm_resumed (no page).
 local function track(gid, n, storm, opening)
+  local untl = tonumber(storm['until'])
+  if storm['state'] == 'on' and untl then
+    local until_ms = math.floor(untl * 1000)
+    local was = tonumber(redis.call('HGET', ghash[gid], 'storm_until') or '0')
+    if until_ms > was then
+      redis.call('HSET', ghash[gid], 'storm_until', until_ms)
+      redis.call('ZADD', storming, until_ms, gid)
+    end
+    if until_ms > tonumber(now) and redis.call('HGET', ghash[gid], 'storm_ended_at') then
+      redis.call('HDEL', ghash[gid], 'storm_ended_at')
+      redis.call('ZADD', storming, until_ms, gid)
+      event('type', 'incident.storm_resumed', 'group', gid, 'size', n, 'rate', tostring(storm['rate'] or ''))
+    end
+  end
   local rate = tonumber(storm['rate'])
   if rate then
     local peak = tonumber(redis.call('HGET', ghash[gid], 'peak_rate') or '0')
@@ -186,6 +205,7 @@ local function merge(m, s, alert_json)
   local opened = false
   if m_inc then
     redis.call('ZREM', KEYS[3], m)
+    redis.call('ZREM', storming, m)
     if not s_inc then
       -- the survivor takes the incident over: same opening time, same assignee, no new alert
       local v = redis.call('HMGET', ghash[m], 'opened_at', 'assignee')

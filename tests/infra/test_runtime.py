@@ -174,6 +174,36 @@ async def test_a_stage_cap_on_the_batch_wins_over_the_batch_size(settings, r):
     assert sizes == [5, 5, 2]
 
 
+async def test_a_stage_tick_runs_beside_the_loops_and_survives_its_own_failure(settings, r):
+    """dedup's tick says a storm is over when no ticket comes: it must run without entries, and a failing tick
+    (Redis away, a bug) must neither stop the stage nor the next tick."""
+    k = Keys(settings.prefix)
+    stage = Overlapping(settings, k)
+    stage.tick_every_s = 0.05
+    ticks: list[int] = []
+
+    async def tick():
+        ticks.append(len(ticks))
+        if len(ticks) == 1:
+            raise RuntimeError("first tick fails")
+
+    stage.tick = tick
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_stages(r, [stage], "w1", stop))
+    try:
+        await wait_for(lambda: _ticked(ticks, 3), timeout=10)
+        await r.xadd(k.deduped, {"n": "0"})
+        await wait_for(lambda: _all_pushed(r, k, 1), timeout=10)  # the read loop runs beside it
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert len(ticks) >= 3
+
+
+async def _ticked(ticks, n):
+    return len(ticks) >= n
+
+
 async def _all_pushed(r, k, n):
     return await r.llen(f"{k.base}:order") == n
 

@@ -350,6 +350,63 @@ async def test_storm_state_has_hysteresis_and_closes_after_a_quiet_period(storm_
     assert (await r.hget(k.ticket("v0199"), "incident")) == b"1"
 
 
+async def events_of(r, k, kind):
+    return [{f.decode(): v.decode() for f, v in e.items()} for _, e in await r.xrange(k.events)
+            if e[b"type"] == kind.encode()]
+
+
+async def test_the_end_of_a_storm_is_said_once_on_the_feed_and_a_new_burst_says_it_resumed(storm_settings, r):
+    """No ticket says a storm is over (the next one never comes), so the stage's tick does: once the storm state's
+    end (storm_until, from the last member's trail) has passed, incident.storm_ended goes on the feed once, whichever
+    worker sweeps, and the incident stays open; a new burst of the same group says incident.storm_resumed."""
+    s = dataclasses.replace(storm_settings, storm_quiet_s=30.0)
+    k = Keys(s.prefix)
+    st, other = await _stage(s, r, "d1"), await _stage(s, r, "d2")
+    t1 = time.time() - 150  # the tickets' times: the first storm ends ~30 s before now, the second is still on
+
+    def now_at(msgs):  # the helpers set tickets in the hour before now (T0): move them to t1
+        for m in msgs:
+            m.received_at += int((t1 - T0) * 1000)
+        return msgs
+
+    v = unit(1, 0.1)
+    await run_in_order(st, now_at(background(0, 150) + burst("s", v, 60.0, 200.0, 200, "atm")))
+    assert [x.decode() for x in await r.zrange(k.incidents, 0, -1)] == ["s0000"]
+    until = int((await r.hget(k.group("s0000"), "storm_until")).decode())
+    assert until == int(await r.zscore(k.storming, "s0000"))
+    assert until == int(st.grouper.decisions["s0199"].storm["until"] * 1000)
+    assert until < time.time() * 1000 - 10_000  # over: calm for the quiet period
+    await st.tick()
+    await other.tick()  # a second worker sweeping finds nothing more to say
+    await st.tick()
+    ended = await events_of(r, k, "incident.storm_ended")
+    assert len(ended) == 1 and ended[0]["group"] == "s0000" and ended[0]["size"] == "200"
+    assert await r.zscore(k.storming, "s0000") is None
+    assert (await r.hget(k.group("s0000"), "storm_ended_at")) is not None
+    assert (await r.hget(k.group("s0000"), "status")) == b"open"  # the incident stays for people to resolve
+    assert await events_of(r, k, "incident.storm_resumed") == []
+    # the same outage bursts again, now: one resumed event, no new page, and the sweep finds it on again
+    await run_in_order(st, now_at(burst("v", v, 140.0, 200.0, 200, "atm")))
+    resumed = await events_of(r, k, "incident.storm_resumed")
+    assert len(resumed) == 1 and resumed[0]["group"] == "s0000"
+    assert (await r.hget(k.group("s0000"), "storm_ended_at")) is None
+    assert int(await r.zscore(k.storming, "s0000")) > time.time() * 1000
+    await st.tick()
+    assert len(await events_of(r, k, "incident.storm_ended")) == 1  # still on: nothing more said
+    assert len(await alerts_of(r, k, "incident.opened")) == 1
+
+
+async def test_a_resolved_or_merged_incident_gets_no_storm_end_event(storm_settings, r):
+    s, k = storm_settings, Keys(storm_settings.prefix)
+    st = await _stage(s, r, "d1")
+    await run_in_order(st, background(0, 70) + burst("s", unit(1, 0.1), 60.0, 200.0, 200, "atm"))
+    assert await r.zscore(k.storming, "s0000") is not None
+    await _resolve(s, r, "s0000")
+    await st.tick()
+    assert await events_of(r, k, "incident.storm_ended") == []
+    assert await r.zscore(k.storming, "s0000") is None  # swept out all the same
+
+
 # ---- after a resolve: the storm coming back re-opens the incident (one page); stragglers are follow-ups
 
 

@@ -21,6 +21,9 @@ STREAM_EVENTS: dict[str, str] = {
     "incident.opened": "a storm group (rate a burst over its baseline) holds K tickets: one master incident",
     "incident.grew": "a ticket joined an open incident",
     "incident.updated": "an open incident doubled in size (from K): its size, storm rate and peak rate (no page)",
+    "incident.storm_ended": "the storm behind an open incident is over: calm for ROUTING_STORM_QUIET_S (no page; the "
+                            "incident stays open for people to resolve)",
+    "incident.storm_resumed": "the storm behind an open incident whose storm had ended is bursting again (no page)",
     "incident.merged": "a group or incident merged into an incident of the same storm (one id survives; no page)",
     "incident.resolved": "an operator resolved the incident",
     "incident.reopened": "K tickets joined a resolved incident while its group burst again: it re-opened (one page)",

@@ -144,6 +144,11 @@ class Keys:
         return f"{self.base}:incidents"
 
     @property
+    def storming(self) -> str:
+        """zset: incidents whose storm state is on, scored by when it ends (ms) unless a new ticket keeps it on"""
+        return f"{self.base}:storming"
+
+    @property
     def stats(self) -> str:
         return f"{self.base}:stats"
 

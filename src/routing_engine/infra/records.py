@@ -87,6 +87,10 @@ def _group(h: dict[bytes, bytes]) -> dict:
         "rate": float(d["rate"]) if "rate" in d else None,
         "peak_rate": float(d["peak_rate"]) if "peak_rate" in d else None,
         "series": orjson.loads(d["series"]) if "series" in d else [],
+        # while its storm is on: when the storm state ends unless a new ticket keeps it on (ms, the tickets' time);
+        # once it has ended, when that was said (incident.storm_ended; cleared when the storm resumes)
+        "storm_until": int(d["storm_until"]) if "storm_until" in d else None,
+        "storm_ended_at": int(d["storm_ended_at"]) if "storm_ended_at" in d else None,
     }
 
 

@@ -123,6 +123,9 @@ class Stage:
     # > 0: this stage reads at most this many entries a batch, whatever ROUTING_BATCH_SIZE says (the fallback: its
     # breaker times each batch against a budget).
     max_batch: int = 0
+    # > 0: the runtime calls tick() this often (seconds) beside the read loops until stop, for work no entry brings
+    # (dedup: saying a storm is over when no ticket came). A failing tick is logged and tried again next time.
+    tick_every_s: float = 0.0
 
     @property
     def inputs(self) -> list[str]:
@@ -162,6 +165,9 @@ class Stage:
         triage). The runtime hands them to the main stream's loop, which runs them like its own entries; they stay
         pending on the lane, under this consumer, until that commit acks them."""
         return None
+
+    async def tick(self) -> None:
+        pass
 
     async def close(self) -> None:
         pass
@@ -250,12 +256,14 @@ class StageRunner:
         try:
             await self.stage.setup(StageContext(self.r, self.scripts, self.consumer))
             log.info("stage.started", stage=self.stage.name, consumer=self.consumer, streams=self.stage.inputs)
+            loops = [self._run_loop()]
             if lanes:
                 lane = StageRunner(self.r, self.stage, self.consumer, self.stop, streams=lanes, lane=True)
                 lane.main, lane._troubles = self, self._troubles
-                await asyncio.gather(self._run_loop(), lane._run_loop())
-            else:
-                await self._run_loop()
+                loops.append(lane._run_loop())
+            if self.stage.tick_every_s > 0:
+                loops.append(self._tick_loop())
+            await asyncio.gather(*loops)
         finally:
             try:  # also after a failed setup: whatever it opened is closed before a supervisor builds a new one
                 await self.stage.close()
@@ -386,6 +394,18 @@ class StageRunner:
         return more
 
     # ---- waiting out Redis
+
+    async def _tick_loop(self) -> None:
+        while not self.stop.is_set():
+            await self._pause(self.stage.tick_every_s)
+            if self.stop.is_set():
+                return
+            try:
+                await self.stage.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away, or a bug: the read loops say the former; try again next tick
+                log.warning("stage.tick_failed", stage=self.stage.name, error=describe(exc))
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, waking at once when stop is set."""

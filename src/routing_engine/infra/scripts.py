@@ -22,7 +22,7 @@ from ..resources import streams_dir
 from .keys import EVENTS_MAXLEN, Keys
 
 SCRIPT_NAMES = ("ingest", "commit", "group", "route", "resolve", "resolve_incident", "fill", "mark_dead",
-                "alerts_due", "alerts_replay", "regroup")
+                "alerts_due", "alerts_replay", "regroup", "storm_end")
 STATUS_LIST = ",".join(STATUSES)
 # Streams a consumer group reads (ingest lanes, escalate, enriched, deduped, alerts) are never trimmed by length:
 # MAXLEN would delete entries no worker has read or acked yet. Their ARGV slot for a maxlen gets this; only
@@ -101,10 +101,17 @@ class Scripts:
             keys += [k.group(gid), k.members(gid)]
             args += [gid, expect]
         keys += [k.ticket(m) for m in members]
+        keys.append(k.storming)
         args += members
         for _, spec, emb in tickets:
             args += [spec, emb]
         return self.call("group", keys, args, client)
+
+    async def storm_end(self, gid: str, client=None) -> bool:
+        """storm_end.lua: say once that the storm behind open incident `gid` is over, if it is (see the script)."""
+        k = self.k
+        return bool(await self.call("storm_end", [k.storming, k.group(gid), k.events], [gid, now_ms(), EVENTS_MAXLEN],
+                                    client))
 
     def route(self, *, ticket_id: str, team: str, gid: str, urgency: float, summary: dict,
               agent_ids: list[str]) -> Write:

@@ -631,6 +631,8 @@ class Grouper:
                "burst": r.storm_burst, "size": g.n, "k": self.incident_k}
         if due != g.n:
             out["due"] = due
+        if g.storm:  # when the state ends if no new ticket keeps it on (streams/storm_end.lua says so on the feed)
+            out["until"] = round(g.hot_until + r.storm_quiet_s, 3)
         if chance is not None:
             out["chance"] = float(f"{chance:.3g}")
         if read < ts:

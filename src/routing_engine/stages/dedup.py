@@ -76,6 +76,7 @@ def top_labels(enrich: dict) -> list[tuple[str, float]]:
 
 class DedupStage(Stage):
     name = "dedup"
+    tick_every_s = 1.0  # how often the end of a storm is looked for: the event comes within ~1 s of storm_until
 
     def __init__(self, settings, keys):
         super().__init__(settings, keys)
@@ -97,6 +98,16 @@ class DedupStage(Stage):
         self._tail = f"{int((time.time() - self.settings.dedup_window_s) * 1000)}-0"
         await self._catch_up()
         self.seq = max(self.seq, seq)
+
+    async def tick(self) -> None:
+        """Say on the feed that a storm is over: open incidents whose storm state reached its end (storm_until, from
+        the trail of its last ticket) with no ticket keeping it on. Its tickets' own trails say `ended` only when
+        the next one comes, which an outage that is over never sends. One event per ending, whichever worker
+        sweeps first (streams/storm_end.lua)."""
+        due = await self.r.zrangebyscore(self.keys.storming, "-inf", int(time.time() * 1000), start=0, num=100)
+        for gid in due:
+            if await self.scripts.storm_end(gid.decode()):
+                log.info("incident.storm_ended", group=gid.decode())
 
     def _start_over(self) -> None:
         """Forget the window and read it back from the log (Redis lost the sequence this worker was at)."""
