@@ -130,6 +130,14 @@ async def test_dashboard_shows_tickets_incidents_and_breaker(live, browser, r):
     await page.wait_for_function("() => document.querySelector('#inc-list li .sample')"
                                  ".textContent.includes('error 503')",
                                  timeout=5000)  # sample text comes from GET /v1/incidents
+    # the storm's end and its return, as the dedup stage's tick and group.lua say them (tested there)
+    badge = f'#inc-list li[data-gid="{gid}"] .badge.calm'
+    assert await page.query_selector(badge) is None
+    await r.xadd(live.k.events, {"type": "incident.storm_ended", "group": gid, "size": "12", "peak_rate": "40"})
+    await page.wait_for_selector(badge, timeout=3000)
+    assert await page.inner_text(badge) == "storm over"
+    await r.xadd(live.k.events, {"type": "incident.storm_resumed", "group": gid, "size": "14", "rate": "30"})
+    await page.wait_for_selector(badge, state="detached", timeout=3000)
     await page.click(f'button[data-resolve="{gid}"]')
     await page.wait_for_selector(f'#inc-list li[data-gid="{gid}"]', state="detached", timeout=5000)
     async with live.http.get(f"/v1/incidents/{gid}") as resp:
