@@ -404,8 +404,9 @@ class StageRunner:
                 await self.stage.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # Redis away, or a bug: the read loops say the former; try again next tick
-                log.warning("stage.tick_failed", stage=self.stage.name, error=describe(exc))
+            except Exception as exc:  # Redis away (the read loops say so, once an episode), or a bug: next tick
+                if redis_errors.trouble(exc) is None:
+                    log.warning("stage.tick_failed", stage=self.stage.name, error=describe(exc), exc_info=True)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, waking at once when stop is set."""
