@@ -68,6 +68,7 @@ class Settings:
     embedder: str = field(default="auto", metadata={"env": "ROUTING_EMBEDDER", "help": "auto | onnx-int8 | torch: MiniLM in int8 ONNX Runtime or PyTorch fp32 (auto: int8 when built, checked and faster here)"})
     embedder_min_cosine: float = field(default=0.98, metadata={"env": "ROUTING_EMBEDDER_MIN_COSINE", "help": "mean cosine to fp32 over the probe set the int8 model must reach to be used"})
     dedup_window_s: int = field(default=300, metadata={"env": "ROUTING_DEDUP_WINDOW_S", "help": "W: near-duplicate search window"})
+    dedup_window_max: int = field(default=50000, metadata={"env": "ROUTING_DEDUP_WINDOW_MAX", "help": "most tickets the near-duplicate window holds: its search is exact and costs ~0.8 ms a ticket at 90,000 on 2 cores; above this many in W the window is the last this many tickets (0 = no cap)"})
     dedup_tau: float = field(default=0.85, metadata={"env": "ROUTING_DEDUP_TAU", "help": "τ: cosine to join a neighbour's group"})
     dedup_tau_category: float = field(default=0.5, metadata={"env": "ROUTING_DEDUP_TAU_CATEGORY", "help": "cosine to join when both tickets got the same category"})
     dedup_tau_centroid: float = field(default=0.9, metadata={"env": "ROUTING_DEDUP_TAU_CENTROID", "help": "cosine to a group's centroid that joins it whatever the categories"})

@@ -118,7 +118,8 @@ class DedupStage(Stage):
 
     def _add(self, tid: str, vec: np.ndarray, ts: float) -> None:
         if self.index is None:
-            self.index = WindowIndex(len(vec), self.settings.dedup_window_s)
+            self.index = WindowIndex(len(vec), self.settings.dedup_window_s,
+                                     max_vectors=self.settings.dedup_window_max)
         self.index.add(tid, vec, ts)
 
     async def _catch_up(self) -> None:
