@@ -359,6 +359,8 @@ async def test_the_end_of_a_storm_is_said_once_on_the_feed_and_a_new_burst_says_
     """No ticket says a storm is over (the next one never comes), so the stage's tick does: once the storm state's
     end (storm_until, from the last member's trail) has passed, incident.storm_ended goes on the feed once, whichever
     worker sweeps, and the incident stays open; a new burst of the same group says incident.storm_resumed."""
+    from routing_engine.infra.health import redis_metrics
+
     s = dataclasses.replace(storm_settings, storm_quiet_s=30.0)
     k = Keys(s.prefix)
     st, other = await _stage(s, r, "d1"), await _stage(s, r, "d2")
@@ -385,12 +387,14 @@ async def test_the_end_of_a_storm_is_said_once_on_the_feed_and_a_new_burst_says_
     assert (await r.hget(k.group("s0000"), "storm_ended_at")) is not None
     assert (await r.hget(k.group("s0000"), "status")) == b"open"  # the incident stays for people to resolve
     assert await events_of(r, k, "incident.storm_resumed") == []
+    assert 'routing_storms_on 0.0' in (await redis_metrics(r, k)).decode()
     # the same outage bursts again, now: one resumed event, no new page, and the sweep finds it on again
     await run_in_order(st, now_at(burst("v", v, 140.0, 200.0, 200, "atm")))
     resumed = await events_of(r, k, "incident.storm_resumed")
     assert len(resumed) == 1 and resumed[0]["group"] == "s0000"
     assert (await r.hget(k.group("s0000"), "storm_ended_at")) is None
     assert int(await r.zscore(k.storming, "s0000")) > time.time() * 1000
+    assert 'routing_storms_on 1.0' in (await redis_metrics(r, k)).decode()  # /metrics: a storm in progress
     await st.tick()
     assert len(await events_of(r, k, "incident.storm_ended")) == 1  # still on: nothing more said
     assert len(await alerts_of(r, k, "incident.opened")) == 1

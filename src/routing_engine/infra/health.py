@@ -3,6 +3,8 @@ status; and the same as cluster-wide Prometheus gauges, read at scrape time so a
 
 from __future__ import annotations
 
+import time
+
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -86,6 +88,8 @@ async def redis_metrics(r: aioredis.Redis, k: Keys) -> bytes:
     for a in await list_agents(r, k):
         load.add_metric([a["id"]], a["load"])
         cap.add_metric([a["id"]], a["capacity"])
+    storms = GaugeMetricFamily("routing_storms_on", "Open incidents whose storm is on now (not yet said over)")
+    storms.add_metric([], await r.zcount(k.storming, int(time.time() * 1000), "+inf"))
     reg = CollectorRegistry()
-    reg.register(_Snapshot([length, lag, pending, consumers, processed, dead, alerts, statuses, load, cap]))
+    reg.register(_Snapshot([length, lag, pending, consumers, processed, dead, alerts, statuses, load, cap, storms]))
     return generate_latest(reg)
