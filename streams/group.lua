@@ -71,9 +71,9 @@ local function track(gid, n, storm, opening)
       redis.call('HSET', ghash[gid], 'storm_until', until_ms)
       redis.call('ZADD', storming, until_ms, gid)
     end
+    -- said over (storm_end.lua: storm_until <= then < now), so an until ahead of now is past it: ZADDed above
     if until_ms > tonumber(now) and redis.call('HGET', ghash[gid], 'storm_ended_at') then
       redis.call('HDEL', ghash[gid], 'storm_ended_at')
-      redis.call('ZADD', storming, until_ms, gid)
       event('type', 'incident.storm_resumed', 'group', gid, 'size', n, 'rate', tostring(storm['rate'] or ''))
     end
   end

@@ -122,14 +122,7 @@ async def test_a_short_batch_waits_for_more_up_to_the_deadline(settings, r):
     k = Keys(settings.prefix)
     stage = Overlapping(replace(settings, batch_size=8), k)
     stage.batch_deadline_ms = 400.0
-    sizes: list[int] = []
-    process = stage.process
-
-    async def sized(entries):
-        sizes.append(len(entries))
-        return await process(entries)
-
-    stage.process = sized
+    sizes = _batch_sizes(stage)
     stop = asyncio.Event()
     task = asyncio.create_task(run_stages(r, [stage], "w1", stop))
     try:
@@ -154,14 +147,7 @@ async def test_a_stage_cap_on_the_batch_wins_over_the_batch_size(settings, r):
     k = Keys(settings.prefix)
     stage = Overlapping(replace(settings, batch_size=32), k)
     stage.max_batch = 5
-    sizes: list[int] = []
-    process = stage.process
-
-    async def sized(entries):
-        sizes.append(len(entries))
-        return await process(entries)
-
-    stage.process = sized
+    sizes = _batch_sizes(stage)
     for i in range(12):  # a backlog before the stage starts: full batches from the first read
         await r.xadd(k.deduped, {"n": str(i)})
     stop = asyncio.Event()
@@ -202,6 +188,19 @@ async def test_a_stage_tick_runs_beside_the_loops_and_survives_its_own_failure(s
 
 async def _ticked(ticks, n):
     return len(ticks) >= n
+
+
+def _batch_sizes(stage) -> list[int]:
+    """The size of every batch the stage's process() gets from now on, in order."""
+    sizes: list[int] = []
+    process = stage.process
+
+    async def sized(entries):
+        sizes.append(len(entries))
+        return await process(entries)
+
+    stage.process = sized
+    return sizes
 
 
 async def _all_pushed(r, k, n):

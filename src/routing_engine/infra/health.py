@@ -3,8 +3,6 @@ status; and the same as cluster-wide Prometheus gauges, read at scrape time so a
 
 from __future__ import annotations
 
-import time
-
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -13,6 +11,7 @@ from redis.exceptions import ResponseError
 from ..domain.ticket import STATUSES
 from .agents import list_agents
 from .keys import STAGE_INPUTS, Keys
+from .scripts import now_ms
 
 # (stream attribute, consumer group) for every stage input, in pipeline order
 PIPELINE = tuple((attr, group) for group, attrs in STAGE_INPUTS.items() for attr in attrs)
@@ -89,7 +88,7 @@ async def redis_metrics(r: aioredis.Redis, k: Keys) -> bytes:
         load.add_metric([a["id"]], a["load"])
         cap.add_metric([a["id"]], a["capacity"])
     storms = GaugeMetricFamily("routing_storms_on", "Open incidents whose storm is on now (not yet said over)")
-    storms.add_metric([], await r.zcount(k.storming, int(time.time() * 1000), "+inf"))
+    storms.add_metric([], await r.zcount(k.storming, now_ms(), "+inf"))
     reg = CollectorRegistry()
     reg.register(_Snapshot([length, lag, pending, consumers, processed, dead, alerts, statuses, load, cap, storms]))
     return generate_latest(reg)

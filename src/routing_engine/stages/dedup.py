@@ -104,10 +104,10 @@ class DedupStage(Stage):
         the trail of its last ticket) with no ticket keeping it on. Its tickets' own trails say `ended` only when
         the next one comes, which an outage that is over never sends. One event per ending, whichever worker
         sweeps first (streams/storm_end.lua)."""
-        due = await self.r.zrangebyscore(self.keys.storming, "-inf", int(time.time() * 1000), start=0, num=100)
-        for gid in due:
-            if await self.scripts.storm_end(gid.decode()):
-                log.info("incident.storm_ended", group=gid.decode())
+        due = await self.r.zrangebyscore(self.keys.storming, "-inf", now_ms(), start=0, num=100)
+        for gid in (g.decode() for g in due):
+            if await self.scripts.storm_end(gid):
+                log.info("incident.storm_ended", group=gid)
 
     def _start_over(self) -> None:
         """Forget the window and read it back from the log (Redis lost the sequence this worker was at)."""
