@@ -204,6 +204,7 @@ local function merge(m, s, alert_json)
   redis.call('HSET', ghash[s], 'last_at', now)
   local opened = false
   if m_inc then
+    local m_on = redis.call('ZSCORE', storming, m)
     redis.call('ZREM', KEYS[3], m)
     redis.call('ZREM', storming, m)
     if not s_inc then
@@ -213,6 +214,18 @@ local function merge(m, s, alert_json)
       if v[2] then redis.call('HSET', ghash[s], 'assignee', v[2]) end
       redis.call('ZADD', KEYS[3], v[1] or now, s)
       s_inc = true
+    end
+    -- the storm's end goes with the incident: the survivor's is the later of the two, and a storm of m still on
+    -- keeps the survivor in the storming zset (so storm_end.lua says it is over even if no member joins it again)
+    local m_until = tonumber(redis.call('HGET', ghash[m], 'storm_until') or '0')
+    local s_until = tonumber(redis.call('HGET', ghash[s], 'storm_until') or '0')
+    if m_until > s_until then redis.call('HSET', ghash[s], 'storm_until', m_until) end
+    if m_on then
+      redis.call('ZADD', storming, math.max(m_until, s_until), s)
+      if redis.call('HGET', ghash[s], 'storm_ended_at') then
+        redis.call('HDEL', ghash[s], 'storm_ended_at')
+        event('type', 'incident.storm_resumed', 'group', s, 'size', n, 'rate', '')
+      end
     end
   end
   local inc = is_open_incident(s) and '1' or '0'

@@ -411,6 +411,38 @@ async def test_a_resolved_or_merged_incident_gets_no_storm_end_event(storm_setti
     assert await r.zscore(k.storming, "s0000") is None  # swept out all the same
 
 
+async def test_an_incident_taken_over_in_a_merge_keeps_its_storm_end(settings, r):
+    """The spill-over merge lets the faster group survive, so a group with no incident of its own can take one over.
+    The storm's end goes with it: the survivor gets storm_until and the storming entry, and the sweep says the storm
+    is over though no member joins the survivor again (before, that incident was never said to be over)."""
+    k, sc = Keys(settings.prefix), Scripts(r, settings, Keys(settings.prefix))
+    until = time.time() + 1.0
+
+    def spec(t, g, o=0, merges=(), storm=None):
+        d = {"t": t, "g": g, "m": [list(p) for p in merges], "u": 0, "team": "payments", "sample": "s", "a": "{}",
+             "o": o, "d": {"storm": storm or {}}}
+        return t, orjson.dumps(d), np.zeros(DIM, dtype=np.float32).tobytes()
+
+    on = {"state": "on", "until": until, "rate": 40.0, "baseline": 2.0}
+    first = [spec(f"a{i}", "a", o=int(i == 9), storm=on if i == 9 else None) for i in range(10)]
+    reply = await sc.group(expected_seq=0, tickets=first, groups=[("a", -1)], members=[], log_min_ms=0)
+    assert reply[0] == b"ok" and await r.zscore(k.storming, "a") == int(until * 1000)
+    # the faster group b (no incident) takes a's incident over at its third ticket
+    second = [spec("b0", "b"), spec("b1", "b"), spec("b2", "b", merges=[("a", "b")], storm={"state": "on"})]
+    reply = await sc.group(expected_seq=10, tickets=second, groups=[("a", -1), ("b", -1)],
+                           members=[f"a{i}" for i in range(10)], log_min_ms=0)
+    assert reply[0] == b"ok"
+    assert [x.decode() for x in await r.zrange(k.incidents, 0, -1)] == ["b"]
+    assert int(await r.hget(k.group("b"), "storm_until")) == int(until * 1000)
+    assert await r.zscore(k.storming, "b") == int(until * 1000) and await r.zscore(k.storming, "a") is None
+    assert not await sc.storm_end("b")  # still on
+    await asyncio.sleep(max(0.0, until - time.time()) + 0.05)
+    assert await sc.storm_end("b") and not await sc.storm_end("a")
+    ended = await events_of(r, k, "incident.storm_ended")
+    assert [e["group"] for e in ended] == ["b"] and ended[0]["size"] == "13"
+    assert await events_of(r, k, "incident.storm_resumed") == []
+
+
 # ---- after a resolve: the storm coming back re-opens the incident (one page); stragglers are follow-ups
 
 
