@@ -5,14 +5,19 @@
 -- ARGV: 1 op (allow | record | state), 2 now_ms, 3 budget_ms, 4 failure_threshold, 5 cooldown_ms,
 --       6 backlog_ms, 7 probe_max, 8 ok (1/0), 9 latency_ms, 10 backlog age ms, 11 error text,
 --       12 the fallback's consumer group, 13 allow: texts to escalate now / record: texts in the batch,
---       14 allow: tickets in the enrich batch, 15 the enrich consumer group, 16 events maxlen
+--       14 allow: tickets in the enrich batch, 15 the enrich consumer group, 16 events maxlen,
+--       17 behind_ms (0: off), 18 allow: tickets/s the enrich batch was classified at (0: not measured)
 -- allow  -> {1|0, state}: may this batch escalate? Before any answer is late it looks at the fallback's queue:
 --           if the oldest waiting escalation is older than backlog_ms, or the escalations pending would take
 --           longer than budget_ms at the fallback's measured rate, it opens at once (so a flood trips it
 --           within one enrich batch, not after slow fallback batches finish). Pending = waiting in the
 --           escalate stream + this batch + the share (moving average) of the tickets still waiting for enrich
 --           that will escalate: in a flood those are already on their way, and a fallback busy with them takes
---           CPU from the fast path. open -> half_open after the cooldown; half_open grants probe_max.
+--           CPU from the fast path. And the fast path itself: if the tickets waiting for enrich need longer
+--           than behind_ms at its measured rate (a moving average over enrich batches of 32+), it opens
+--           whatever the escalation share: the fast path is behind, and on shared cores every fallback batch
+--           slows it further (with a 4% share the queue rule saw a 10x flood only when an escalation had
+--           waited its 1 s: 2.54 s in). open -> half_open after the cooldown; half_open grants probe_max.
 -- record -> {state}: a fallback batch finished: latency over budget or an error counts a failure
 --           (failure_threshold in a row opens); a backlog over backlog_ms opens at once; in half_open one
 --           success closes and one failure reopens. Keeps a moving average of the fallback's texts/s.
@@ -70,6 +75,13 @@ if op == 'allow' then
     share = share > 0 and (0.9 * share + 0.1 * n / m) or n / m
     redis.call('HSET', B, 'share', share)
   end
+  local fast = tonumber(redis.call('HGET', B, 'fast_rate') or '0')
+  local seen = tonumber(ARGV[18]) or 0
+  if m >= 32 and seen > 0 then
+    fast = fast > 0 and (0.7 * fast + 0.3 * seen) or seen
+    redis.call('HSET', B, 'fast_rate', fast)
+  end
+  local behind = tonumber(ARGV[17]) or 0
   if state ~= 'open' then
     local waiting, oldest = queue(KEYS[3], ARGV[12])
     local upstream = 0
@@ -86,6 +98,9 @@ if op == 'allow' then
       transition('open', 'backlog: ' .. pending .. ' escalations pending (' .. (waiting + n) .. ' now, ~' ..
         coming .. ' in the ' .. upstream .. ' tickets before enrich) at ' .. math.floor(rate) ..
         '/s need ' .. math.floor(pending * 1000 / rate) .. 'ms > budget ' .. ARGV[3] .. 'ms')
+    elseif behind > 0 and fast > 0 and upstream * 1000 / fast > behind then
+      transition('open', 'fast path behind: ' .. upstream .. ' tickets wait for enrich at ' .. math.floor(fast) ..
+        '/s, ' .. math.floor(upstream * 1000 / fast) .. 'ms > ' .. behind .. 'ms: its CPU goes to the fast path')
     end
   end
   if state == 'closed' then return {1, state} end

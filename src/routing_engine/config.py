@@ -91,6 +91,7 @@ class Settings:
     breaker_failures: int = field(default=2, metadata={"env": "ROUTING_BREAKER_FAILURES", "help": "failures in a row that open the breaker"})
     breaker_cooldown_ms: int = field(default=5000, metadata={"env": "ROUTING_BREAKER_COOLDOWN_MS", "help": "open this long before a half-open probe"})
     breaker_backlog_ms: int = field(default=1000, metadata={"env": "ROUTING_BREAKER_BACKLOG_MS", "help": "an escalation waiting longer opens the breaker"})
+    breaker_behind_ms: int = field(default=500, metadata={"env": "ROUTING_BREAKER_BEHIND_MS", "help": "tickets waiting for the fast path that need longer than this at its measured rate open the breaker (the fallback would take CPU from it); 0: off, for a fallback on hosts of its own"})
     target_precision: float = field(default=0.9, metadata={"env": "ROUTING_TARGET_PRECISION", "help": "train: precision the kept (not abstained) tickets must reach"})
     escalation_budget: float = field(default=0.25, metadata={"env": "ROUTING_ESCALATION_BUDGET", "help": "train: largest share of tickets sent to the fallback"})
     device: str = field(default="auto", metadata={"env": "ROUTING_DEVICE", "help": "where MiniLM and the fallback run: cpu, cuda, or auto (a CUDA GPU when torch sees one)"})

@@ -147,3 +147,47 @@ async def test_a_primed_rate_sizes_the_first_flood_and_never_overrides_a_measure
     await b2.record(True, latency_ms=100, n=10)  # 100 texts/s measured on a real batch
     assert await b2.prime(5.0) is False and (await b2.state())["rate"] == "100"
     assert await b2.prime(0.0) is False
+
+
+async def test_a_fast_path_behind_opens_it_whatever_the_escalation_share(r, prefix):
+    """A flood the fast path cannot keep up with opens the breaker at the first batch that sees it, even when
+    hardly anything escalates (the queue rule alone waited for an escalation to age 1 s: 2.54 s into `overload`):
+    the fallback's CPU goes to the fast path. Batches under 32 do not size the rate; 0 turns the rule off."""
+    k = Keys(prefix)
+    pol = BreakerPolicy(budget_ms=500, failure_threshold=2, cooldown_ms=200, backlog_ms=1000, probe_max=1,
+                        behind_ms=500)
+    b = Breaker(r, k.breaker, k.events, pol, queue=(k.escalate, "fallback"), upstream=([k.ingest], "enrich"))
+    await r.xgroup_create(k.escalate, "fallback", id="0", mkstream=True)
+    await r.xgroup_create(k.ingest, "enrich", id="0", mkstream=True)
+    await b.record(True, latency_ms=100, n=10)  # the fallback: 100 texts/s
+    for _ in range(300):
+        await r.xadd(k.ingest, {"subject": "s", "body": "b"})
+    # a lane batch of 8 measured at 10 tickets/s says nothing about the batched rate
+    assert await b.allow(n=0, batch=8, fast_rate=10.0) == (True, "closed")
+    assert "fast_rate" not in await b.state()
+    # 300 waiting at 1,000 tickets/s = 300 ms: within 500 ms; nothing escalates, so the queue rule is quiet
+    assert await b.allow(n=0, batch=64, fast_rate=1000.0) == (True, "closed")
+    # the next batch ran at 200/s: the average is 0.7 x 1000 + 0.3 x 200 = 760/s, 300 / 760 = 394 ms
+    assert await b.allow(n=0, batch=64, fast_rate=200.0) == (True, "closed")
+    for _ in range(200):
+        await r.xadd(k.ingest, {"subject": "s", "body": "b"})
+    # 500 waiting at 760/s = 657 ms > 500 ms: open, though this batch escalates 1 of 64
+    assert await b.allow(n=1, batch=64) == (False, "open")
+    assert (await _events(r, k))[-1] == (
+        "open", "fast path behind: 500 tickets wait for enrich at 760/s, 657ms > 500ms: its CPU goes to the fast path")
+    await asyncio.sleep(0.25)
+    assert await b.allow(n=1, batch=64) == (False, "open")  # cooldown over, but the fast path is still behind
+    await r.xreadgroup("enrich", "w", {k.ingest: ">"}, count=500)
+    await r.xack(k.ingest, "enrich", *[e for e, _ in (await r.xrange(k.ingest))])  # caught up
+    await asyncio.sleep(0.25)
+    assert await b.allow(n=1, batch=64) == (True, "half_open")  # the probe
+    assert await b.record(True, latency_ms=50, n=1) == "closed"
+
+    k2 = Keys(prefix + "-off")  # a fallback on hosts of its own: the rule off
+    b2 = Breaker(r, k2.breaker, k2.events, BreakerPolicy(behind_ms=0), queue=(k2.escalate, "fallback"),
+                 upstream=([k2.ingest], "enrich"))
+    await r.xgroup_create(k2.escalate, "fallback", id="0", mkstream=True)
+    await r.xgroup_create(k2.ingest, "enrich", id="0", mkstream=True)
+    for _ in range(500):
+        await r.xadd(k2.ingest, {"subject": "s", "body": "b"})
+    assert await b2.allow(n=0, batch=64, fast_rate=100.0) == (True, "closed")  # 5 s behind, rule off

@@ -17,6 +17,7 @@ class BreakerPolicy:
     failure_threshold: int = 2  # failures in a row that open it
     cooldown_ms: int = 5_000  # open this long before a half-open probe
     backlog_ms: int = 1_000  # an escalation that waited longer opens it at once
+    behind_ms: int = 500  # tickets waiting for the fast path needing longer than this open it (0: off)
     probe_max: int = 1  # batches allowed through while half-open
 
 
@@ -41,11 +42,11 @@ class Breaker:
         """The breaker in front of the transformer fallback, as the enrich and fallback stages share it."""
         return cls(r, k.breaker, k.events, BreakerPolicy(
             budget_ms=s.breaker_budget_ms, failure_threshold=s.breaker_failures, cooldown_ms=s.breaker_cooldown_ms,
-            backlog_ms=s.breaker_backlog_ms), queue=(k.escalate, "fallback"),
+            backlog_ms=s.breaker_backlog_ms, behind_ms=s.breaker_behind_ms), queue=(k.escalate, "fallback"),
             upstream=([k.ingest_urgent, k.ingest], "enrich"))
 
     async def _call(self, op: str, ok: bool = True, latency_ms: float = 0.0, backlog_ms: float = 0.0, error: str = "",
-                    n: int = 0, batch: int = 0):
+                    n: int = 0, batch: int = 0, fast_rate: float = 0.0):
         p = self.policy
         keys = [self.key, self.events_key]
         if self.queue or self.upstream:
@@ -56,12 +57,13 @@ class Breaker:
             op, now_ms(), p.budget_ms, p.failure_threshold, p.cooldown_ms, p.backlog_ms, p.probe_max,
             int(ok), round(latency_ms, 1), round(backlog_ms, 1), error[:200],
             self.queue[1] if self.queue else "", n, batch,
-            self.upstream[1] if self.upstream else "", EVENTS_MAXLEN])
+            self.upstream[1] if self.upstream else "", EVENTS_MAXLEN, p.behind_ms, round(fast_rate, 1)])
 
-    async def allow(self, n: int = 0, batch: int = 0) -> tuple[bool, str]:
+    async def allow(self, n: int = 0, batch: int = 0, fast_rate: float = 0.0) -> tuple[bool, str]:
         """May `n` escalations out of an enrich batch of `batch` tickets go to the fallback? In half-open,
-        only probe_max batches go."""
-        allowed, state = await self._call("allow", n=n, batch=batch)
+        only probe_max batches go. `fast_rate`: the tickets/s this enrich batch was classified at (counted for
+        batches of 32+), so the breaker knows how long the tickets still waiting for the fast path need."""
+        allowed, state = await self._call("allow", n=n, batch=batch, fast_rate=fast_rate)
         return bool(allowed), state.decode()
 
     async def record(self, ok: bool, latency_ms: float, backlog_ms: float = 0.0, error: str = "", n: int = 0) -> str:

@@ -194,6 +194,7 @@ class EnrichStage(Stage):
     async def process(self, entries: list[Entry]) -> list[Outcome]:
         await self._maybe_reload()
         started = now_ms()
+        t_batch = time.perf_counter()
         clf = self.classifier  # one model for the whole batch, even if a reload lands meanwhile
         policy = clf.policy
         tickets: list[Ticket] = [e.value for e in entries]
@@ -202,9 +203,11 @@ class EnrichStage(Stage):
         embed_ms = steps["embed"] * 1000
         clf_ms = sum(v for k, v in steps.items() if k != "embed") * 1000
         want = [self._has_fallback and cascade.should_escalate(p, float(s), policy) for p, s in zip(preds, sims)]
-        # every batch reports its escalation share, so the breaker can size what the ingest backlog will bring
+        # every batch reports its escalation share, so the breaker can size what the ingest backlog will bring,
+        # and the rate it was classified at, so it can tell how far behind the fast path itself is
         t = time.perf_counter()
-        allowed, breaker_state = await self.breaker.allow(sum(want), len(entries)) if self._has_fallback \
+        allowed, breaker_state = await self.breaker.allow(
+            sum(want), len(entries), fast_rate=len(entries) / max(t - t_batch, 1e-3)) if self._has_fallback \
             else (False, None)
         steps["breaker"] = time.perf_counter() - t
         allowed = allowed and any(want)
