@@ -20,6 +20,7 @@ import bisect
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -242,7 +243,8 @@ class Engine:
         return self
 
     async def _wait_ready(self, k, names: list[str]) -> None:
-        """Every worker has joined every stage's consumer group (i.e. loaded its models), the API answers."""
+        """Every worker has joined every stage's consumer group and set every stage up (its models loaded), the API
+        answers."""
         deadline = time.monotonic() + self.o.join_timeout_s
         streams = stage_streams(self.s)
         while True:
@@ -261,7 +263,9 @@ class Engine:
                 have = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"] for c in cons}
                 joined += sum(1 for n in names if n in have)
             api_ok = self.url is None or await _http_ok(self.url + "/healthz")
-            if joined == len(names) * len(streams) and api_ok:
+            # joined is not enough: a consumer is registered before its stage's setup (the fallback loads ~5 s
+            # more); tickets sent before that waited for it and tripped the breaker at every start
+            if joined == len(names) * len(streams) and api_ok and await self._stages_ready(names):
                 return
             if time.monotonic() > deadline:
                 raise SystemExit(f"workers not ready after {self.o.join_timeout_s:.0f}s "
@@ -269,7 +273,18 @@ class Engine:
                                  f"logs in {self.o.out_dir}")
             await asyncio.sleep(0.25)
 
-    async def metrics_texts(self) -> list[str]:
+    async def _stages_ready(self, names: list[str]) -> bool:
+        """Every worker says routing_stage_ready 1 for every stage (set once its setup is done)."""
+        want = {(n, st) for n in names for st in stage_names()}
+        seen = set()
+        for text in await self.metrics_texts(quiet=True):
+            for labels, value in re.findall(r'^routing_stage_ready\{([^}]*)\} ([0-9.e+-]+)$', text, re.M):
+                lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+                if float(value) == 1.0:
+                    seen.add((lab.get("consumer"), lab.get("stage")))
+        return want <= seen
+
+    async def metrics_texts(self, quiet: bool = False) -> list[str]:
         """The Prometheus exposition of every worker (of this process when the stages run in it)."""
         if self._inproc is not None:
             from prometheus_client import REGISTRY, generate_latest
@@ -284,7 +299,8 @@ class Engine:
                     async with s.get(f"http://127.0.0.1:{port}/metrics") as resp:
                         out.append(await resp.text())
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    print(f"metrics of the worker on port {port} not read: {exc}", file=sys.stderr)
+                    if not quiet:
+                        print(f"metrics of the worker on port {port} not read: {exc}", file=sys.stderr)
         return out
 
     async def __aexit__(self, *exc):

@@ -30,6 +30,10 @@ LANE_HANDED = Counter("routing_stage_lane_handed_total",
 HTTP_TICKETS = Counter("routing_http_tickets_total", "Tickets over HTTP, by result", ["result"])
 ALERTS = Counter("routing_alerts_total", "Outbound alerts, by result", ["result"])
 MODEL_INFO = Gauge("routing_model_info", "Loaded classifier version", ["version"])
+# 0 while a stage sets up (loads its models: the fallback's ~5 s on 2 cores) and after it stopped. Its consumer is
+# registered in Redis before setup, so "joined the group" does not mean "reads"; a readiness probe reads this.
+STAGE_READY = Gauge("routing_stage_ready", "1 once a stage has set up and reads its input, else 0",
+                    ["stage", "consumer"])
 CONSUMERS_DELETED = Counter("routing_consumers_deleted_total",
                             "Dead consumers (idle, nothing pending) deleted by housekeeping")
 INDEX_PRUNED = Counter("routing_index_entries_pruned_total",

@@ -269,3 +269,46 @@ async def test_the_urgent_lane_runs_beside_a_main_batch_in_work_in_small_batches
 
 async def _started(stage):
     return bool(stage.batches)
+
+
+async def test_a_stage_says_ready_only_once_its_setup_is_done(settings, r):
+    """The consumer is registered in Redis before setup (health and the other workers see it at once), so joining
+    the group says nothing about readiness: routing_stage_ready is 0 while setup loads models, 1 once the stage
+    reads, and 0 again after it stopped. (The flood bench sent tickets before the fallback had loaded: every run
+    began with a breaker trip.)"""
+    from prometheus_client import REGISTRY
+
+    def ready():
+        return REGISTRY.get_sample_value("routing_stage_ready", {"stage": "route", "consumer": "w-ready"})
+
+    k = Keys(settings.prefix)
+    stage = Counting(settings, k)
+    loaded = asyncio.Event()
+    setup = stage.setup
+
+    async def slow_setup(ctx):
+        await loaded.wait()  # loading models
+        await setup(ctx)
+
+    stage.setup = slow_setup
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_stages(r, [stage], "w-ready", stop))
+    try:
+        await wait_for(lambda: _has_consumer(r, k), timeout=10)  # joined the group...
+        assert ready() in (None, 0.0)  # ...but not ready
+        loaded.set()
+        await wait_for(lambda: _is_ready(ready), timeout=10)
+        await r.xadd(k.deduped, {"n": "1", "t": "t-1"})
+        await wait_for(lambda: _replied(stage, "1"), timeout=10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert ready() == 0.0
+
+
+async def _is_ready(ready):
+    return ready() == 1.0
+
+
+async def _replied(stage, n):
+    return n in stage.replies

@@ -39,6 +39,7 @@ from ..metrics import (
     LANE_ENTRIES,
     LANE_HANDED,
     RECLAIMED,
+    STAGE_READY,
     STEP_SECONDS,
     observe_steps,
 )
@@ -256,6 +257,7 @@ class StageRunner:
         try:
             await self.stage.setup(StageContext(self.r, self.scripts, self.consumer))
             log.info("stage.started", stage=self.stage.name, consumer=self.consumer, streams=self.stage.inputs)
+            STAGE_READY.labels(self.stage.name, self.consumer).set(1)
             loops = [self._run_loop()]
             if lanes:
                 lane = StageRunner(self.r, self.stage, self.consumer, self.stop, streams=lanes, lane=True)
@@ -265,6 +267,7 @@ class StageRunner:
                 loops.append(self._tick_loop())
             await asyncio.gather(*loops)
         finally:
+            STAGE_READY.labels(self.stage.name, self.consumer).set(0)
             try:  # also after a failed setup: whatever it opened is closed before a supervisor builds a new one
                 await self.stage.close()
             except Exception as exc:
