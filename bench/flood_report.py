@@ -263,6 +263,9 @@ def table(rep: dict) -> str:
     if bs.get("open_s"):
         when = (f"first opened {bs['opened_after_storm_start_s']} s after the first storm began"
                 if bs.get("opened_after_storm_start_s") is not None else "opened")
+        if bs.get("open_at_storm_start"):
+            when = (f"already open when the first storm began (since {bs['open_at_storm_start_since_s']} s: "
+                    f"{bs['open_at_storm_start_reason']}); {when.replace('first opened', 'opened again')}")
         late = (f"{bs['opened_vs_first_late_s']} s from the first escalation late past budget"
                 if bs.get("opened_vs_first_late_s") is not None else "no escalation late before it")
         rows.append(("  breaker", f"{when}, {late} ({bs['late_escalations']} late in all); open {bs['open_s']} s, "
@@ -283,6 +286,10 @@ def breaker_summary(transitions: list[dict], windows: dict, recs: list[dict], t0
     storm_start = min((w[0] for w in windows.values()), default=None)
     opens = [b for b in transitions if b.get("state") == "open" and "t" in b]
     after = [b for b in opens if storm_start is None or b["t"] >= storm_start]
+    # Already open when the storm began (tripped earlier, say by a slow first fallback batch at start): the first
+    # open after the start is then a re-open after the cooldown, not how fast the storm tripped it.
+    before = [b for b in transitions if "t" in b and storm_start is not None and b["t"] < storm_start]
+    open_at_start = bool(before) and before[-1].get("state") == "open"
     first_late = min(late_at, default=None)
     # open intervals on the epoch-ms clock: from each 'open' to the next transition (or the run's end)
     spans, start = [], None
@@ -299,6 +306,9 @@ def breaker_summary(transitions: list[dict], windows: dict, recs: list[dict], t0
     total_ms = max(1, t_end - t0)
     return {
         "first_storm_start_s": storm_start,
+        "open_at_storm_start": open_at_start,
+        "open_at_storm_start_since_s": before[-1]["t"] if open_at_start else None,
+        "open_at_storm_start_reason": before[-1].get("reason") if open_at_start else None,
         "first_open_s": after[0]["t"] if after else None,
         "opened_after_storm_start_s": round(after[0]["t"] - storm_start, 2) if after and storm_start is not None
         else None,

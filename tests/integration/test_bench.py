@@ -115,3 +115,19 @@ def test_step_summary_reads_histograms_across_workers():
     assert out["batches"] == 3 and embed["batches"] == 3
     assert embed["mean_ms"] == 30.0 and embed["share_of_batch"] == 0.5 and embed["ms_per_ticket"] == 3.0
     assert 25 <= embed["p50_ms"] <= 50  # the bucket holding the median: (25 ms, 50 ms]
+
+
+def test_breaker_summary_says_when_the_breaker_was_open_before_the_storm():
+    """A breaker tripped before the storm (here by a slow first fallback batch) and re-opened after its cooldown
+    is not one the storm took 2.8 s to trip: the summary says it was open at the storm's start."""
+    windows = {"storm-1": (5.0, 15.0)}
+    early = [{"state": "open", "t": 2.1, "at": "2100", "reason": "backlog: oldest escalation waited 1004ms"},
+             {"state": "half_open", "t": 7.8, "at": "7800"},
+             {"state": "open", "t": 7.8, "at": "7800", "reason": "backlog: 152 escalations pending"}]
+    s = fr.breaker_summary(early, windows, [], 0, 20_000)
+    assert s["open_at_storm_start"] and s["open_at_storm_start_since_s"] == 2.1
+    assert s["opened_after_storm_start_s"] == 2.8
+    closed = [{"state": "open", "t": 5.4, "at": "5400", "reason": "fast path behind"}]
+    s = fr.breaker_summary(closed, windows, [], 0, 20_000)
+    assert not s["open_at_storm_start"] and s["opened_after_storm_start_s"] == 0.4
+    assert s["first_open_reason"] == "fast path behind" and s["open_s"] == 14.6
