@@ -62,7 +62,7 @@ class Settings:
     embedded_maxmemory: str = field(default="1gb", metadata={"env": "ROUTING_EMBEDDED_MAXMEMORY", "help": "embedded Redis maxmemory (noeviction: writes wait, nothing accepted is evicted)"})
     ticket_ttl_s: int = field(default=7 * 86400, metadata={"env": "ROUTING_TICKET_TTL_S", "help": "how long ticket records are kept"})
     consumer_idle_delete_s: int = field(default=3600, metadata={"env": "ROUTING_CONSUMER_IDLE_DELETE_S", "help": "a stage consumer with nothing pending, idle this long, is deleted (XGROUP DELCONSUMER)"})
-    housekeeping_s: float = field(default=60.0, metadata={"env": "ROUTING_HOUSEKEEPING_S", "help": "how often the API deletes dead consumers and prunes index entries of expired tickets"})
+    housekeeping_s: float = field(default=60.0, metadata={"env": "ROUTING_HOUSEKEEPING_S", "help": "how often dead consumers are deleted and index entries of expired tickets pruned (by whichever API or worker process holds the lease)"})
     max_body_bytes: int = field(default=64 * 1024, metadata={"env": "ROUTING_MAX_BODY_BYTES", "help": "largest accepted HTTP body per ticket"})
     max_text_chars: int = field(default=20_000, metadata={"env": "ROUTING_MAX_TEXT_CHARS", "help": "subject+body longer than this is rejected"})
     embedder: str = field(default="auto", metadata={"env": "ROUTING_EMBEDDER", "help": "auto | onnx-int8 | torch: MiniLM in int8 ONNX Runtime or PyTorch fp32 (auto: int8 when built, checked and faster here)"})

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from .config import Settings
 from .domain.teams import load_teams
+from .infra import maintenance
 from .infra.agents import load_agents_file
 from .infra.embedded_redis import EmbeddedRedis
 from .infra.keys import Keys
@@ -87,17 +88,23 @@ async def running(s: Settings, r: aioredis.Redis, *, stages: list[str] | tuple[s
         await site.start()
         handle.runner = runner
         handle.port = runner.addresses[0][1] if runner.addresses else None
+    upkeep = None
     if stages:
         built = build_stages(list(stages), s)
         handle.stage_names = [st.name for st in built]
-        handle.task = asyncio.create_task(supervise(r, built, consumer or consumer_name(), handle.stop,
+        name = consumer or consumer_name()
+        handle.task = asyncio.create_task(supervise(r, built, name, handle.stop,
                                                     rebuild=lambda name: build_stages([name], s)[0]))
+        if not api:  # the API's watcher does it there; a worker alone must too (infra/maintenance.py)
+            upkeep = asyncio.create_task(maintenance.run(r, Keys(s.prefix), s, name, handle.stop))
     try:
         yield handle
     finally:
         handle.stop.set()
         if handle.task is not None:
             await asyncio.gather(handle.task, return_exceptions=True)
+        if upkeep is not None:
+            await asyncio.gather(upkeep, return_exceptions=True)
         if handle.runner is not None:
             await handle.runner.cleanup()
             log.info("shutdown.api_closed")

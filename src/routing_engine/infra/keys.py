@@ -139,6 +139,10 @@ class Keys:
         replays it to share one window and one set of groups."""
         return f"{self.base}:dedup:log"
 
+    def lease(self, job: str) -> str:
+        """Held by the process doing `job` (trim, housekeeping) for one interval: infra/maintenance.py."""
+        return f"{self.base}:lease:{job}"
+
     @property
     def incidents(self) -> str:
         return f"{self.base}:incidents"

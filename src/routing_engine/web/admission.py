@@ -2,9 +2,9 @@
 ROUTING_MAX_INGEST_LAG, instead of queueing without bound; every 429 and 503 carries a Retry-After.
 
 One background task per API process reads the backlog every 200 ms (so a request only compares two numbers),
-estimates how fast the enrich stage drains it, every few seconds trims grouped streams up to what every
-group has acked (infra/backlog.py), and every ROUTING_HOUSEKEEPING_S deletes dead consumers and prunes index
-entries of expired tickets (infra/housekeeping.py). A Redis refusing writes at maxmemory (OOM) is a 503 too.
+estimates how fast the enrich stage drains it, and takes its turn at the upkeep every API and worker process shares
+through leases in Redis (infra/maintenance.py): trimming grouped streams up to what every group has acked every few
+seconds, deleting dead consumers and pruning index entries of expired tickets every ROUTING_HOUSEKEEPING_S. A Redis refusing writes at maxmemory (OOM) is a 503 too.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from aiohttp import web
 from redis.exceptions import OutOfMemoryError
 
 from ..errors import RoutingError
-from ..infra import backlog, housekeeping
+from ..infra import backlog, maintenance
+from ..infra.runtime import consumer_name
 from .responses import jresponse
 from .state import STATE
 
 log = structlog.get_logger("admission")
 
 REFRESH_S = 0.2
-TRIM_EVERY_S = 5.0
 DEFAULT_RETRY_S = 1
 MAX_RETRY_S = 60
 RETRY_AFTER = web.RequestKey("retry_after", int)
@@ -95,18 +95,15 @@ def admit(request: web.Request) -> None:
 
 async def _watch(app: web.Application, stop: asyncio.Event) -> None:
     st, b = app[STATE], app[BACKLOG]
-    last_trim, last_sweep, failing = 0.0, time.monotonic(), False
+    last_upkeep, failing, holder = 0.0, False, "api-" + consumer_name()
     while not stop.is_set():
         try:
             lag, done = await backlog.ingest_backlog(st.redis, st.keys), await backlog.processed(st.redis, st.keys)
             b.update(lag, done, time.monotonic())
-            if time.monotonic() - last_trim > TRIM_EVERY_S:
-                last_trim = time.monotonic()
-                await backlog.trim_acked(st.redis, st.keys, st.settings.dedup_window_s)
-            if time.monotonic() - last_sweep > st.settings.housekeeping_s:
-                last_sweep = time.monotonic()
-                await housekeeping.housekeep(st.redis, st.keys, st.settings.consumer_idle_delete_s,
-                                             st.settings.ticket_ttl_s)
+            if time.monotonic() - last_upkeep > maintenance.LOOK_EVERY_S:
+                # trimming and housekeeping, by whichever process (API or worker) holds the job's lease
+                last_upkeep = time.monotonic()
+                await maintenance.upkeep(st.redis, st.keys, st.settings, holder)
             failing = False
         except asyncio.CancelledError:
             raise
