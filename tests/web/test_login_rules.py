@@ -8,6 +8,8 @@ from dataclasses import replace
 
 import pytest
 
+from routing_engine.infra.keys import Keys
+
 from fixtures import InProcessPipeline
 
 TOKEN = "rd-tok"
@@ -68,3 +70,40 @@ async def test_a_login_form_aiohttp_cannot_parse_is_a_400_page_not_a_500(setting
         resp = await p.client.post("/login", data=b"token=x", headers={"Content-Type": "multipart/form-data"})
         assert resp.status == 400
         assert "could not be read" in await resp.text()
+
+
+async def test_failures_count_across_api_processes_and_restarts(settings, r):
+    """Behind a load balancer each API process counted alone (5 x N tries a minute) and a restart forgot: the
+    count is in Redis now, so 3 failures on one process and 2 on another exhaust the address's five."""
+    async with await _guarded(settings, r) as a, await _guarded(settings, r) as b:
+        for _ in range(3):
+            assert (await _login(a, "guess")).status == 401
+        for _ in range(2):
+            assert (await _login(b, "guess")).status == 401
+        resp = await _login(a, TOKEN)
+        assert resp.status == 429 and 1 <= int(resp.headers["Retry-After"]) <= 60
+    async with await _guarded(settings, r) as restarted:
+        assert (await _login(restarted, TOKEN)).status == 429
+    k = Keys(settings.prefix)
+    keys = [x async for x in r.scan_iter(match=k.login_failures("*"))]
+    assert len(keys) == 1 and 0 < await r.pttl(keys[0]) <= 61_000  # one hashed address, gone after the window
+    assert b"127.0.0.1" not in keys[0]
+
+
+async def test_with_redis_away_the_process_still_counts_its_own_failures(prefix):
+    """Redis refusing connections must neither open the form to guessing nor fail the login page: each process's
+    own count holds meanwhile."""
+    import redis.asyncio as aioredis
+
+    from routing_engine.web.throttle import SharedThrottle
+
+    away = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    t, k = SharedThrottle(limit=5, window_s=60.0), Keys(prefix)
+    try:
+        for _ in range(5):
+            assert await t.retry_after(away, k, "198.51.100.9") == 0.0
+            await t.failed(away, k, "198.51.100.9")
+        assert 59 <= await t.retry_after(away, k, "198.51.100.9") <= 60
+        assert await t.retry_after(away, k, "198.51.100.10") == 0.0  # per address still
+    finally:
+        await away.aclose()

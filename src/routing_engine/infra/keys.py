@@ -139,6 +139,10 @@ class Keys:
         replays it to share one window and one set of groups."""
         return f"{self.base}:dedup:log"
 
+    def login_failures(self, address_hash: str) -> str:
+        """zset: failed logins of one client address (hashed), scored by time: web/throttle.py"""
+        return f"{self.base}:login:fails:{address_hash}"
+
     def lease(self, job: str) -> str:
         """Held by the process doing `job` (trim, housekeeping) for one interval: infra/maintenance.py."""
         return f"{self.base}:lease:{job}"

@@ -4,7 +4,8 @@ ROUTING_MAX_INGEST_LAG, instead of queueing without bound; every 429 and 503 car
 One background task per API process reads the backlog every 200 ms (so a request only compares two numbers),
 estimates how fast the enrich stage drains it, and takes its turn at the upkeep every API and worker process shares
 through leases in Redis (infra/maintenance.py): trimming grouped streams up to what every group has acked every few
-seconds, deleting dead consumers and pruning index entries of expired tickets every ROUTING_HOUSEKEEPING_S. A Redis refusing writes at maxmemory (OOM) is a 503 too.
+seconds, deleting dead consumers and pruning index entries of expired tickets every ROUTING_HOUSEKEEPING_S. A Redis
+refusing writes at maxmemory (OOM) is a 503 too.
 """
 
 from __future__ import annotations

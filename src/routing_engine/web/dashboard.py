@@ -15,10 +15,10 @@ from aiohttp import web
 from ..resources import asset_dir
 from .auth import READ, came_over_tls, client_address, token_scopes
 from .state import STATE
-from .throttle import FailureThrottle
+from .throttle import SharedThrottle
 
 COOKIE = "routing_token"
-THROTTLE = web.AppKey("login_throttle", FailureThrottle)
+THROTTLE = web.AppKey("login_throttle", SharedThrottle)
 
 _LOGIN = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -49,8 +49,9 @@ async def login(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/")
     if request.method == "GET":
         return login_page(status=200)
+    st = request.app[STATE]
     throttle, who = request.app[THROTTLE], client_address(request, s.trust_proxy)
-    wait = throttle.retry_after(who)
+    wait = await throttle.retry_after(st.redis, st.keys, who)
     if wait:
         resp = login_page("too many failed attempts: wait a minute", status=429)
         resp.headers["Retry-After"] = str(math.ceil(wait))
@@ -61,7 +62,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         return login_page(f"the form could not be read: {exc}", status=400)
     given = str(form.get("token", ""))
     if READ not in token_scopes(s, given):  # an ingest-only token cannot watch the monitor either
-        throttle.failed(who)
+        await throttle.failed(st.redis, st.keys, who)
         return login_page("wrong token")
     # 303: the browser follows with a GET to /
     resp = web.HTTPSeeOther("/")
@@ -81,7 +82,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 def setup(app: web.Application) -> None:
-    app[THROTTLE] = FailureThrottle(limit=5, window_s=60.0)
+    app[THROTTLE] = SharedThrottle(limit=5, window_s=60.0)
     app.router.add_get("/", index)
     app.router.add_route("GET", "/login", login)
     app.router.add_route("POST", "/login", login)
