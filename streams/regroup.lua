@@ -10,7 +10,8 @@
 -- tickets keep their agent.
 -- KEYS: 1 sequence, 2 decision log, 3 incidents zset, 4 events stream, 5 source hash, 6 source members,
 --       7 target hash, 8 target members, 9 target assignee's agent key (KEYS[7] when none),
---       10 .. 9+S: one status index per status (ARGV[7]), then per moved ticket: record key, team queue key
+--       10 .. 9+S: one status index per status (ARGV[7]), then per moved ticket: record key, team queue key,
+--       last the storming zset (see storm_end.lua)
 -- ARGV: 1 kind (split|out|move|merge), 2 source id, 3 target id, 4 now_ms, 5 events maxlen, 6 log MINID (ms),
 --       7 statuses (comma list), 8 members the source held when read (stale check), 9 sample for a new group,
 --       10 team for a new group, 11.. moved ticket ids (merge: every member of the source)
@@ -106,7 +107,19 @@ for i, id in ipairs(ids) do
   end
 end
 
+-- The storm's end (group.lua's track): a split-off incident was part of the storm, so it is said over when the
+-- source's storm is, unless its own members keep it on; a merge carries the later end to the target.
+local storming = KEYS[#KEYS]
+local s_on = redis.call('ZSCORE', storming, src)
+if s_on and (kind == 'split' or (kind == 'merge' and t_open)) then
+  local s_until = tonumber(redis.call('HGET', sh, 'storm_until') or s_on)
+  local t_until = tonumber(redis.call('HGET', th, 'storm_until') or '0')
+  if s_until > t_until then redis.call('HSET', th, 'storm_until', s_until) end
+  redis.call('ZADD', storming, math.max(s_until, t_until, tonumber(redis.call('ZSCORE', storming, dst) or '0')), dst)
+  redis.call('HDEL', th, 'storm_ended_at')
+end
 if kind == 'merge' then
+  redis.call('ZREM', storming, src)
   redis.call('HSET', sh, 'merged_into', dst, 'status', 'merged', 'merged_at', now)
   redis.call('ZREM', KEYS[3], src)
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', evmax, '*', 'type', 'incident.merged', 'group', dst, 'merged', src,

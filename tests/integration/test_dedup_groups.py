@@ -443,6 +443,31 @@ async def test_an_incident_taken_over_in_a_merge_keeps_its_storm_end(settings, r
     assert await events_of(r, k, "incident.storm_resumed") == []
 
 
+async def test_a_split_off_incident_is_said_over_with_its_storm_and_a_merge_back_keeps_one_end(settings, r):
+    """An operator splits part of a storming incident off: the new incident was part of the storm, so the sweep says
+    it is over when the source's storm is (before, it never was until a member joined it); merging it back leaves
+    one storming entry, the target's."""
+    from routing_engine.infra import operations
+
+    k, sc = Keys(settings.prefix), Scripts(r, settings, Keys(settings.prefix))
+    until = time.time() + 1.0
+    on = {"state": "on", "until": until, "rate": 40.0, "baseline": 2.0}
+    first = [(f"a{i}", orjson.dumps({"t": f"a{i}", "g": "a", "m": [], "u": 0, "team": "payments", "sample": "s",
+                                     "a": "{}", "o": int(i == 9), "d": {"storm": on if i == 9 else {}}}),
+              np.zeros(DIM, dtype=np.float32).tobytes()) for i in range(10)]
+    assert (await sc.group(expected_seq=0, tickets=first, groups=[("a", -1)], members=[], log_min_ms=0))[0] == b"ok"
+    split = await operations.regroup(r, k, sc, "split", "a", ["a7", "a8", "a9"])
+    dst = split.target
+    assert await r.zscore(k.storming, dst) == int(until * 1000) == int(await r.hget(k.group(dst), "storm_until"))
+    back = await operations.regroup(r, k, sc, "split", "a", ["a5", "a6"])
+    await operations.regroup(r, k, sc, "merge", back.target, [], target=dst)  # merged back into the first split
+    assert await r.zscore(k.storming, back.target) is None and await r.zscore(k.storming, dst) is not None
+    await asyncio.sleep(max(0.0, until - time.time()) + 0.05)
+    assert await sc.storm_end("a") and await sc.storm_end(dst) and not await sc.storm_end(back.target)
+    ended = await events_of(r, k, "incident.storm_ended")
+    assert sorted(e["group"] for e in ended) == sorted(["a", dst])
+
+
 # ---- after a resolve: the storm coming back re-opens the incident (one page); stragglers are follow-ups
 
 

@@ -231,6 +231,7 @@ async def regroup(r: aioredis.Redis, k: Keys, scripts: Scripts, kind: str, sourc
                 k.members(dst), k.agent(assignee) if assignee else k.group(dst), *k.idx_statuses]
         for t, team in zip(ids, teams):
             keys += [k.ticket(t), k.queue(team or "_none")]
+        keys.append(k.storming)
         log_min = now_ms() - (log_window_s + 60) * 1000
         reply = await scripts.call("regroup", keys, [kind, source, dst, now_ms(), EVENTS_MAXLEN, log_min, STATUS_LIST,
                                                       len(members), sample, _s(h.get(b"team")), *ids])
