@@ -2,16 +2,21 @@
 -- A redelivered entry whose stage already committed is only acked, so a reclaimed entry never runs twice.
 -- The runtime supplies KEYS[1], ARGV[1] and ARGV[2] (the entry it read); the stage supplies the rest.
 -- KEYS: 1 input stream, 2 output stream, 3 record, 4 idx:all, 5 events stream,
---       6.. one status index per status, in the order of ARGV[15]
--- ARGV: 1 group, 2 entry id, 3 stage, 4 new status, 5 now_ms, 6 unused (the output stream is never trimmed: it
---       is another stage's input, whose unread or pending entries must not be lost), 7 events maxlen, 8 ttl_s,
+--       6.. one status index per status, in the order of ARGV[15], last the dead-letter stream
+-- ARGV: 1 group, 2 entry id, 3 stage, 4 new status, 5 now_ms, 6 the dead-letter stream's maxlen (the output stream
+--       is never trimmed: it is another stage's input, whose unread or pending entries must not be lost),
+--       7 events maxlen, 8 ttl_s,
 --       9 ticket_id, 10 output JSON ('' = no output), 11 embedding bytes ('' = none),
 --       12 owner stream id ('' = no check), 13 event type ('' = none), 14 event JSON,
 --       15 statuses (comma list), 16.. record field/value pairs
--- Returns 1 committed, 0 already committed (acked only), -1 ticket id owned by another entry (duplicate).
+-- Returns 1 committed, 0 already committed (acked only), -1 ticket id owned by another entry (duplicate), -2 ticket
+-- id owned by another entry with another body (record field door_hash differs): the entry is dead-lettered with
+-- the reason, in this same commit, and the first ticket is left as it was.
 local rec = KEYS[3]
 local done = 'done:' .. ARGV[3]
-if redis.call('HEXISTS', rec, done) == 1 then
+local done_by = redis.call('HGET', rec, done)
+-- at the stream door another entry that already committed this id is no redelivery of this one: checked below
+if done_by and (ARGV[12] == '' or done_by == ARGV[2]) then
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
   return 0
 end
@@ -25,6 +30,29 @@ if ARGV[12] ~= '' then
   -- stream door: the first entry to claim a client-supplied id owns it; later ones are duplicates
   local owner = redis.call('HGET', rec, 'stream_id')
   if owner and owner ~= ARGV[12] then
+    local accepted, mine = redis.call('HGET', rec, 'door_hash'), nil
+    for j = 16, #ARGV, 2 do
+      if ARGV[j] == 'door_hash' then mine = ARGV[j + 1] end
+    end
+    if accepted and mine and accepted ~= mine then
+      -- a different ticket under a taken id: never dropped in silence (the HTTP door answers 409 for it)
+      local fields = {}
+      local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+      if e[1] then
+        for i = 1, #e[1][2], 2 do
+          if e[1][2][i] ~= 'emb' then fields[e[1][2][i]] = e[1][2][i + 1] end
+        end
+      end
+      local reason = 'id conflict: ticket id ' .. ARGV[9] .. ' was taken by stream entry ' .. owner ..
+        ' with another body (send a new id, or the same body to retry)'
+      redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', ARGV[6], '*', 'stage', ARGV[3], 'stream', KEYS[1],
+        'entry_id', ARGV[2], 'reason', reason, 'ticket_id', '', 'ticket_id_unverified', ARGV[9],
+        'fields', cjson.encode(fields), 'at', ARGV[5])
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'type', 'ticket.dead', 'ticket_id', '',
+        'reason', reason)
+      redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+      return -2
+    end
     redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
     return -1
   end

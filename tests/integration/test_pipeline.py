@@ -72,6 +72,32 @@ async def test_stream_door_ticket_is_routed_and_client_id_is_idempotent(pipeline
     assert ids.count("ext-42") == 1  # the duplicate entry was acked, not processed
 
 
+async def test_stream_door_id_conflict_is_dead_lettered_not_dropped(pipeline, r):
+    """The same client id with another body is another ticket, not a retry: before, the stream door acked it as a
+    duplicate and it was gone (only a log line). Now it is a dead letter naming the conflict, the first ticket is
+    untouched, and the same body again is still a plain duplicate."""
+    k = pipeline.k
+    ticket = {"id": "ext-77", "subject": "Card declined", "body": "my card was declined at the shop",
+              "metadata": {"a": 1, "b": 2}}
+    first = await r.xadd(k.ingest, {"data": orjson.dumps(ticket)})
+    rec = await wait_for(lambda: routed(pipeline, "ext-77"))
+    retry = {"metadata": {"b": 2, "a": 1}, **{x: v for x, v in ticket.items() if x != "metadata"}}  # keys reordered
+    await r.xadd(k.ingest, {"data": orjson.dumps(retry)})
+    other = await r.xadd(k.ingest, {"data": orjson.dumps({**ticket, "body": "a different problem altogether"})})
+    await wait_for(lambda: _pending_zero(r, k.ingest, "enrich"))
+    dead = [f for _, f in await r.xrange(k.dead)]
+    assert len(dead) == 1, dead  # the retry with the same body is no conflict
+    letter = {x.decode(): v.decode() for x, v in dead[0].items()}
+    assert letter["entry_id"] == other.decode() and letter["stage"] == "enrich"
+    assert "id conflict: ticket id ext-77 was taken by stream entry " + first.decode() in letter["reason"]
+    assert orjson.loads(orjson.loads(letter["fields"])["data"])["body"] == "a different problem altogether"
+    assert letter["ticket_id"] == "" and letter["ticket_id_unverified"] == "ext-77"
+    after = await wait_for(lambda: routed(pipeline, "ext-77"))
+    assert after["stream_id"] == first.decode() and after["subject"] == rec["subject"]  # the first is untouched
+    assert after["status"] == rec["status"] and after["body"] == ticket["body"]
+    assert int(await r.hget(k.stats, "dead_letters")) == 1
+
+
 async def _pending_zero(r, stream, group):
     info = [g for g in await r.xinfo_groups(stream) if g["name"] in (group, group.encode())][0]
     return info["pending"] == 0 and info["lag"] == 0

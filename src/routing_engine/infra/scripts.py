@@ -84,8 +84,8 @@ class Scripts:
             flat += [key, value]
         k, s = self.k, self.s
         return Write("commit", acks=True,
-                     keys=[output_stream, k.ticket(ticket_id), k.idx_all, k.events, *k.idx_statuses],
-                     args=[stage, status, now_ms(), UNTRIMMED, EVENTS_MAXLEN, s.ticket_ttl_s, ticket_id,
+                     keys=[output_stream, k.ticket(ticket_id), k.idx_all, k.events, *k.idx_statuses, k.dead],
+                     args=[stage, status, now_ms(), s.stream_maxlen, EVENTS_MAXLEN, s.ticket_ttl_s, ticket_id,
                            data, emb, owner, event, event_data, STATUS_LIST, *flat])
 
     def group(self, *, expected_seq: int, tickets: list[tuple[str, bytes, bytes]], groups: list[tuple[str, int]],

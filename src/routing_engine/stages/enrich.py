@@ -19,12 +19,13 @@ import orjson
 import structlog
 
 from ..domain import urgency
+from ..domain.idempotency import body_hash, canonical_json
 from ..domain.messages import Enriched, received_at_of
 from ..domain.ticket import Ticket, from_stream_entry
 from ..infra.breaker import Breaker
 from ..infra.runtime import LANE_BATCH, Entry, Outcome, Stage, StageContext
 from ..infra.scripts import now_ms
-from ..metrics import MODEL_INFO, observe_steps
+from ..metrics import ENTRIES, MODEL_INFO, observe_steps
 from ..models import cascade
 from ..models.classifier import Classifier, latest_model
 from ..models.embedder import pipeline_embedder
@@ -255,10 +256,17 @@ class EnrichStage(Stage):
             event="ticket.escalated" if escalate else "ticket.classified", event_data=classified_event(enrich),
             record={"ticket": msg.ticket.to_json(), "enrich": orjson.dumps(enrich), "category": enrich["category"],
                     "team": enrich["team"], "urgency": enrich["urgency"], "t_enrich": now_ms(),
-                    "t_enrich_start": started},
+                    "t_enrich_start": started,
+                    # a later stream entry with this id and another body is a conflict, not a duplicate
+                    "door_hash": body_hash(canonical_json(msg.ticket))},
         )
 
     async def after_commit(self, outcomes, results) -> None:
         dups = [o.entry.id for o, res in zip(outcomes, results) if res and res[0] == -1]
         if dups:
             log.info("ingest.duplicate_ids", count=len(dups), entries=dups[:5])
+        conflicts = [o.entry.id for o, res in zip(outcomes, results) if res and res[0] == -2]
+        if conflicts:  # commit.lua dead-lettered them with the reason
+            ENTRIES.labels(self.name, "dead").inc(len(conflicts))
+            await self.r.hincrby(self.keys.stats, "dead_letters", len(conflicts))
+            log.warning("ingest.id_conflicts", count=len(conflicts), entries=conflicts[:5])
