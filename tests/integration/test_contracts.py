@@ -56,6 +56,13 @@ async def test_stream_entries_match_their_schemas(pipeline, r):
         return await r.xlen(k.routed) >= 2 and await r.xlen(k.dead) >= 1
 
     await wait_for(done)
+    # a stream entry reusing c-1 with another body: commit.lua writes its dead letter (and a ticket.dead event)
+    await r.xadd(k.ingest, {"data": orjson.dumps({"id": "c-1", "subject": "other", "body": "another ticket"})})
+
+    async def conflict_dead():
+        return await r.xlen(k.dead) >= 2
+
+    await wait_for(conflict_dead)
     checked = 0
     for name, stream in (("ingest", k.ingest), ("ingest", k.ingest_urgent), ("enriched", k.enriched),
                          ("enriched", k.enriched_urgent), ("deduped", k.deduped), ("deduped", k.deduped_urgent),
