@@ -92,11 +92,11 @@ async def running(s: Settings, r: aioredis.Redis, *, stages: list[str] | tuple[s
     if stages:
         built = build_stages(list(stages), s)
         handle.stage_names = [st.name for st in built]
-        name = consumer or consumer_name()
-        handle.task = asyncio.create_task(supervise(r, built, name, handle.stop,
+        worker = consumer or consumer_name()
+        handle.task = asyncio.create_task(supervise(r, built, worker, handle.stop,
                                                     rebuild=lambda name: build_stages([name], s)[0]))
         if not api:  # the API's watcher does it there; a worker alone must too (infra/maintenance.py)
-            upkeep = asyncio.create_task(maintenance.run(r, Keys(s.prefix), s, name, handle.stop))
+            upkeep = asyncio.create_task(maintenance.run(r, Keys(s.prefix), s, worker, handle.stop))
     try:
         yield handle
     finally:
