@@ -6,7 +6,8 @@
 --       6 backlog_ms, 7 probe_max, 8 ok (1/0), 9 latency_ms, 10 backlog age ms, 11 error text,
 --       12 the fallback's consumer group, 13 allow: texts to escalate now / record: texts in the batch,
 --       14 allow: tickets in the enrich batch, 15 the enrich consumer group, 16 events maxlen,
---       17 behind_ms (0: off), 18 allow: tickets/s the enrich batch was classified at (0: not measured)
+--       17 behind_ms (0: off), 18 allow: tickets/s the enrich batch was classified at (0: not measured),
+--       19 allow: the enrich consumer that measured it
 -- allow  -> {1|0, state}: may this batch escalate? Before any answer is late it looks at the fallback's queue:
 --           if the oldest waiting escalation is older than backlog_ms, or the escalations pending would take
 --           longer than budget_ms at the fallback's measured rate, it opens at once (so a flood trips it
@@ -14,7 +15,9 @@
 --           escalate stream + this batch + the share (moving average) of the tickets still waiting for enrich
 --           that will escalate: in a flood those are already on their way, and a fallback busy with them takes
 --           CPU from the fast path. And the fast path itself: if the tickets waiting for enrich need longer
---           than behind_ms at its measured rate (a moving average over enrich batches of 32+), it opens
+--           than behind_ms at its measured rate (per enrich consumer a moving average over its batches of 32+,
+--           summed over the consumers heard from in the last FAST_FRESH_MS: N enrich workers drain N times
+--           faster), it opens
 --           whatever the escalation share: the fast path is behind, and on shared cores every fallback batch
 --           slows it further (with a 4% share the queue rule saw a 10x flood only when an escalation had
 --           waited its 1 s: 2.54 s in). open -> half_open after the cooldown; half_open grants probe_max.
@@ -22,6 +25,7 @@
 --           (failure_threshold in a row opens); a backlog over backlog_ms opens at once; in half_open one
 --           success closes and one failure reopens. Keeps a moving average of the fallback's texts/s.
 local B = KEYS[1]
+local FAST_FRESH_MS = 30000  -- an enrich consumer's rate counts this long after its last batch of 32+
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
 local state = redis.call('HGET', B, 'state') or 'closed'
@@ -75,12 +79,25 @@ if op == 'allow' then
     share = share > 0 and (0.9 * share + 0.1 * n / m) or n / m
     redis.call('HSET', B, 'share', share)
   end
-  local fast = tonumber(redis.call('HGET', B, 'fast_rate') or '0')
-  local seen = tonumber(ARGV[18]) or 0
+  local seen, who = tonumber(ARGV[18]) or 0, ARGV[19] or ''
   if m >= 32 and seen > 0 then
-    fast = fast > 0 and (0.7 * fast + 0.3 * seen) or seen
-    redis.call('HSET', B, 'fast_rate', fast)
+    local field = 'fast_rate:' .. who
+    local old = tonumber(string.match(redis.call('HGET', B, field) or '', '^([%d.]+)') or '0')
+    redis.call('HSET', B, field, (old > 0 and (0.7 * old + 0.3 * seen) or seen) .. '@' .. now)
   end
+  -- the fast path's rate: the sum over enrich consumers heard from lately (one that stopped stops counting)
+  local fast, h = 0, redis.call('HGETALL', B)
+  for i = 1, #h, 2 do
+    if string.sub(h[i], 1, 10) == 'fast_rate:' then
+      local r, at = string.match(h[i + 1], '^([%d.]+)@(%d+)$')
+      if r and now - tonumber(at) <= FAST_FRESH_MS then
+        fast = fast + tonumber(r)
+      else
+        redis.call('HDEL', B, h[i])
+      end
+    end
+  end
+  redis.call('HSET', B, 'fast_rate', fast)
   local behind = tonumber(ARGV[17]) or 0
   if state ~= 'open' then
     local waiting, oldest = queue(KEYS[3], ARGV[12])

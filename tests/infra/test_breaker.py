@@ -164,7 +164,7 @@ async def test_a_fast_path_behind_opens_it_whatever_the_escalation_share(r, pref
         await r.xadd(k.ingest, {"subject": "s", "body": "b"})
     # a lane batch of 8 measured at 10 tickets/s says nothing about the batched rate
     assert await b.allow(n=0, batch=8, fast_rate=10.0) == (True, "closed")
-    assert "fast_rate" not in await b.state()
+    assert (await b.state()).get("fast_rate") in (None, "0")
     # 300 waiting at 1,000 tickets/s = 300 ms: within 500 ms; nothing escalates, so the queue rule is quiet
     assert await b.allow(n=0, batch=64, fast_rate=1000.0) == (True, "closed")
     # the next batch ran at 200/s: the average is 0.7 x 1000 + 0.3 x 200 = 760/s, 300 / 760 = 394 ms
@@ -191,3 +191,24 @@ async def test_a_fast_path_behind_opens_it_whatever_the_escalation_share(r, pref
     for _ in range(500):
         await r.xadd(k2.ingest, {"subject": "s", "body": "b"})
     assert await b2.allow(n=0, batch=64, fast_rate=100.0) == (True, "closed")  # 5 s behind, rule off
+
+
+async def test_the_fast_paths_rate_is_the_sum_over_its_enrich_workers(r, prefix):
+    """Two enrich workers drain the backlog twice as fast as one: averaging their per-batch rates made the breaker
+    open at half the backlog it should with N workers (N x too eager)."""
+    k = Keys(prefix)
+    b = Breaker(r, k.breaker, k.events, BreakerPolicy(behind_ms=500), queue=(k.escalate, "fallback"),
+                upstream=([k.ingest], "enrich"))
+    await r.xgroup_create(k.escalate, "fallback", id="0", mkstream=True)
+    await r.xgroup_create(k.ingest, "enrich", id="0", mkstream=True)
+    assert await b.allow(n=0, batch=64, fast_rate=500.0, consumer="w1") == (True, "closed")
+    assert await b.allow(n=0, batch=64, fast_rate=500.0, consumer="w2") == (True, "closed")
+    assert float((await b.state())["fast_rate"]) == 1000.0
+    for _ in range(450):
+        await r.xadd(k.ingest, {"subject": "s", "body": "b"})
+    # 450 waiting at 1,000/s (two workers) = 450 ms: within the 500 ms; one worker's 500/s would have said 900 ms
+    assert await b.allow(n=0, batch=64, fast_rate=500.0, consumer="w1") == (True, "closed")
+    for _ in range(100):
+        await r.xadd(k.ingest, {"subject": "s", "body": "b"})
+    assert await b.allow(n=0, batch=64, fast_rate=500.0, consumer="w2") == (False, "open")
+    assert "550 tickets wait for enrich at 1000/s, 550ms" in (await _events(r, k))[-1][1]

@@ -46,7 +46,7 @@ class Breaker:
             upstream=([k.ingest_urgent, k.ingest], "enrich"))
 
     async def _call(self, op: str, ok: bool = True, latency_ms: float = 0.0, backlog_ms: float = 0.0, error: str = "",
-                    n: int = 0, batch: int = 0, fast_rate: float = 0.0):
+                    n: int = 0, batch: int = 0, fast_rate: float = 0.0, consumer: str = ""):
         p = self.policy
         keys = [self.key, self.events_key]
         if self.queue or self.upstream:
@@ -57,13 +57,14 @@ class Breaker:
             op, now_ms(), p.budget_ms, p.failure_threshold, p.cooldown_ms, p.backlog_ms, p.probe_max,
             int(ok), round(latency_ms, 1), round(backlog_ms, 1), error[:200],
             self.queue[1] if self.queue else "", n, batch,
-            self.upstream[1] if self.upstream else "", EVENTS_MAXLEN, p.behind_ms, round(fast_rate, 1)])
+            self.upstream[1] if self.upstream else "", EVENTS_MAXLEN, p.behind_ms, round(fast_rate, 1), consumer])
 
-    async def allow(self, n: int = 0, batch: int = 0, fast_rate: float = 0.0) -> tuple[bool, str]:
+    async def allow(self, n: int = 0, batch: int = 0, fast_rate: float = 0.0, consumer: str = "") -> tuple[bool, str]:
         """May `n` escalations out of an enrich batch of `batch` tickets go to the fallback? In half-open,
         only probe_max batches go. `fast_rate`: the tickets/s this enrich batch was classified at (counted for
-        batches of 32+), so the breaker knows how long the tickets still waiting for the fast path need."""
-        allowed, state = await self._call("allow", n=n, batch=batch, fast_rate=fast_rate)
+        batches of 32+) by `consumer`; the breaker sums the consumers' rates to know how long the tickets still
+        waiting for the fast path need."""
+        allowed, state = await self._call("allow", n=n, batch=batch, fast_rate=fast_rate, consumer=consumer)
         return bool(allowed), state.decode()
 
     async def record(self, ok: bool, latency_ms: float, backlog_ms: float = 0.0, error: str = "", n: int = 0) -> str:

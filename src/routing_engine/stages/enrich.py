@@ -78,10 +78,12 @@ class EnrichStage(Stage):
         # resolved, merged or quiet for the dedup window
         self._opened_since = 0.0  # the {prefix}:incidents score (opening ms) read up to
         self._refresh: asyncio.Task | None = None
+        self.consumer = ""  # this worker's consumer name: the breaker sums the fast path's rate per consumer
 
     async def setup(self, ctx: StageContext) -> None:
         self.r = ctx.r
         self.scripts = ctx.scripts
+        self.consumer = ctx.consumer
         self.breaker = Breaker.for_fallback(ctx.r, self.settings, self.keys)
         self.embedder = await asyncio.to_thread(pipeline_embedder, self.settings.embedder, self.settings.models_path,
                                                 min_cosine=self.settings.embedder_min_cosine)
@@ -207,9 +209,10 @@ class EnrichStage(Stage):
         # every batch reports its escalation share, so the breaker can size what the ingest backlog will bring,
         # and the rate it was classified at, so it can tell how far behind the fast path itself is
         t = time.perf_counter()
-        allowed, breaker_state = await self.breaker.allow(
-            sum(want), len(entries), fast_rate=len(entries) / max(t - t_batch, 1e-3)) if self._has_fallback \
-            else (False, None)
+        allowed, breaker_state = False, None
+        if self._has_fallback:
+            allowed, breaker_state = await self.breaker.allow(
+                sum(want), len(entries), fast_rate=len(entries) / max(t - t_batch, 1e-3), consumer=self.consumer)
         steps["breaker"] = time.perf_counter() - t
         allowed = allowed and any(want)
         t = time.perf_counter()
