@@ -20,7 +20,6 @@ import bisect
 import hashlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -275,13 +274,13 @@ class Engine:
 
     async def _stages_ready(self, names: list[str]) -> bool:
         """Every worker says routing_stage_ready 1 for every stage (set once its setup is done)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
         want = {(n, st) for n in names for st in stage_names()}
-        seen = set()
-        for text in await self.metrics_texts(quiet=True):
-            for labels, value in re.findall(r'^routing_stage_ready\{([^}]*)\} ([0-9.e+-]+)$', text, re.M):
-                lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-                if float(value) == 1.0:
-                    seen.add((lab.get("consumer"), lab.get("stage")))
+        seen = {(smp.labels.get("consumer"), smp.labels.get("stage"))
+                for text in await self.metrics_texts(quiet=True)
+                for fam in text_string_to_metric_families(text) if fam.name == "routing_stage_ready"
+                for smp in fam.samples if smp.value == 1.0}
         return want <= seen
 
     async def metrics_texts(self, quiet: bool = False) -> list[str]:

@@ -17,10 +17,10 @@
 --           CPU from the fast path. And the fast path itself: if the tickets waiting for enrich need longer
 --           than behind_ms at its measured rate (per enrich consumer a moving average over its batches of 32+,
 --           summed over the consumers heard from in the last FAST_FRESH_MS: N enrich workers drain N times
---           faster), it opens
---           whatever the escalation share: the fast path is behind, and on shared cores every fallback batch
---           slows it further (with a 4% share the queue rule saw a 10x flood only when an escalation had
---           waited its 1 s: 2.54 s in). open -> half_open after the cooldown; half_open grants probe_max.
+--           faster), it opens whatever the escalation share: the fast path is behind, and on shared cores every
+--           fallback batch slows it further (with a 4% share the queue rule saw a 10x flood only once an
+--           escalation had waited its 1 s: 3.19 / 5.85 s into the storm, 0.78 / 0.80 s with this rule).
+--           open -> half_open after the cooldown; half_open grants probe_max.
 -- record -> {state}: a fallback batch finished: latency over budget or an error counts a failure
 --           (failure_threshold in a row opens); a backlog over backlog_ms opens at once; in half_open one
 --           success closes and one failure reopens. Keeps a moving average of the fallback's texts/s.
@@ -85,21 +85,21 @@ if op == 'allow' then
     local old = tonumber(string.match(redis.call('HGET', B, field) or '', '^([%d.]+)') or '0')
     redis.call('HSET', B, field, (old > 0 and (0.7 * old + 0.3 * seen) or seen) .. '@' .. now)
   end
-  -- the fast path's rate: the sum over enrich consumers heard from lately (one that stopped stops counting)
-  local fast, h = 0, redis.call('HGETALL', B)
-  for i = 1, #h, 2 do
-    if string.sub(h[i], 1, 10) == 'fast_rate:' then
-      local r, at = string.match(h[i + 1], '^([%d.]+)@(%d+)$')
-      if r and now - tonumber(at) <= FAST_FRESH_MS then
-        fast = fast + tonumber(r)
-      else
-        redis.call('HDEL', B, h[i])
-      end
-    end
-  end
-  redis.call('HSET', B, 'fast_rate', fast)
   local behind = tonumber(ARGV[17]) or 0
   if state ~= 'open' then
+    -- the fast path's rate: the sum over enrich consumers heard from lately (one that stopped stops counting)
+    local fast, h = 0, redis.call('HGETALL', B)
+    for i = 1, #h, 2 do
+      if string.sub(h[i], 1, 10) == 'fast_rate:' then
+        local r, at = string.match(h[i + 1], '^([%d.]+)@(%d+)$')
+        if r and now - tonumber(at) <= FAST_FRESH_MS then
+          fast = fast + tonumber(r)
+        else
+          redis.call('HDEL', B, h[i])
+        end
+      end
+    end
+    redis.call('HSET', B, 'fast_rate', fast)
     local waiting, oldest = queue(KEYS[3], ARGV[12])
     local upstream = 0
     for i = 4, #KEYS do upstream = upstream + queue(KEYS[i], ARGV[15]) end
