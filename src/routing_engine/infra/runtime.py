@@ -208,6 +208,9 @@ class StageRunner:
         # meets it, even when the two loops see different kinds in turn)
         self._troubles: list = [None, 0.0, set()]
         self._group_lost = False
+        # held while a lost group is made again: a lane's runner shares its main runner's, so when both loops meet
+        # NOGROUP after an empty restart one makes the groups and the other finds them (it was a race: both said so)
+        self._regroup = asyncio.Lock()
         self._committing: asyncio.Task | None = None  # the previous batch's commit, with overlap_commit
 
     async def ensure_group(self, streams: list[str] | None = None) -> bool:
@@ -261,7 +264,7 @@ class StageRunner:
             loops = [self._run_loop()]
             if lanes:
                 lane = StageRunner(self.r, self.stage, self.consumer, self.stop, streams=lanes, lane=True)
-                lane.main, lane._troubles = self, self._troubles
+                lane.main, lane._troubles, lane._regroup = self, self._troubles, self._regroup
                 loops.append(lane._run_loop())
             if self.stage.tick_every_s > 0:
                 loops.append(self._tick_loop())
@@ -294,7 +297,9 @@ class StageRunner:
                 if self._group_lost:
                     # recreated from the stream's start: every entry still in it comes back, and the commit
                     # scripts only ack the ones already done, so nothing runs twice (said by the loop that did it)
-                    if await self.ensure_group():
+                    async with self._regroup:
+                        created = await self.ensure_group()
+                    if created:
                         log.warning("stage.group_recreated", stage=self.stage.name, streams=self.stage.inputs)
                     self._group_lost = False
                 if own_pending:
