@@ -200,6 +200,16 @@ def _f(v, fmt="{:,.1f}", none="-"):
     return none if v is None else fmt.format(v)
 
 
+def cpu_summary(before: dict[str, float], after: dict[str, float], wall_s: float, tickets: int, cores: int) -> dict:
+    """CPU seconds each process used between two snapshots (from the first ticket sent to the last routed), the
+    share of the box's cores they add up to, and CPU milliseconds per ticket: where a run's cores went."""
+    used = {name: round(after[name] - before[name], 2) for name in after if name in before}
+    total = sum(used.values())
+    return {"seconds": used, "total_s": round(total, 2), "wall_s": round(wall_s, 2), "cores": cores,
+            "busy_share": round(total / (wall_s * cores), 3) if wall_s > 0 else None,
+            "ms_per_ticket": {name: round(1000 * v / tickets, 3) for name, v in used.items()} if tickets else {}}
+
+
 def table(rep: dict) -> str:
     lat, g, st = rep["latency_ms"], rep["grouping"], rep["stages_ms"]
     rows = [
@@ -235,6 +245,10 @@ def table(rep: dict) -> str:
         *[(f"  {stage} steps, mean ms/batch", "  ".join(f"{k} {v['mean_ms']:.1f}" for k, v in d["steps"].items()
                                                          if k in ("read", "process", "commit")))
           for stage, d in (rep.get("steps") or {}).items() if stage != "enrich"],
+        *[("cpu seconds (share of cores)", "  ".join(f"{k} {v:.1f}" for k, v in c["seconds"].items())
+           + f"  = {c['total_s']:.1f} of {c['wall_s'] * c['cores']:.1f} ({c['busy_share']:.0%}); ms/ticket "
+           + "  ".join(f"{k} {v:.2f}" for k, v in c["ms_per_ticket"].items()))
+          for c in [rep.get("cpu")] if c and c.get("busy_share") is not None],
         ("max backlog", ", ".join(f"{k} {v}" for k, v in rep["lag"]["max_backlog"].items()) or "-"),
         ("accuracy", f"{_f(rep['accuracy'], '{:.3f}')} on all tickets (n={rep['accuracy_detail']['all']['n']}); "
                      f"{_f(rep['accuracy_detail']['unseen']['accuracy'], '{:.3f}')} on texts the model never "

@@ -92,7 +92,11 @@ async def test_tiny_flood_end_to_end(settings, embedder, tmp_path):
     assert {"read", "decode", "process", "commit", "embed", "lgbm", "ood", "urgency"} <= set(enrich["steps"])
     assert enrich["steps"]["embed"]["mean_ms"] > 0 and 0 < enrich["steps"]["embed"]["share_of_batch"] <= 1
     assert {"process", "commit"} <= set(rep["steps"]["dedup"]["steps"])
-    fr.table(rep)  # renders
+    # where the cores went: this process ran the stages, and Redis did work for them
+    cpu = rep["cpu"]
+    assert set(cpu["seconds"]) == {"bench + stages", "redis"} and cpu["seconds"]["bench + stages"] > 0
+    assert cpu["seconds"]["redis"] > 0 and 0 < cpu["busy_share"] and cpu["ms_per_ticket"]["redis"] > 0
+    assert "cpu seconds" in fr.table(rep)
 
 
 def test_step_summary_reads_histograms_across_workers():
