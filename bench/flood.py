@@ -65,6 +65,7 @@ def stage_streams(settings) -> list[tuple[str, str]]:
 class Options:
     door: str = "stream"              # stream: pipelined XADD; http: POST /v1/tickets[/batch]
     workers: int = 1                  # 0 = the stages run inside this process
+    split: list[str] = field(default_factory=list)  # one worker process per entry, running those stages ("enrich")
     fast: bool = False                # ignore the scenario's timing, send as fast as possible
     http_batch: int = 50              # tickets per POST /v1/tickets/batch; 1 = POST /v1/tickets each
     http_concurrency: int = 16
@@ -195,6 +196,7 @@ class Engine:
         self.url = None
         self._task = None
         self._inproc = None  # service.running(...) when the stages and API run in this process
+        self.stages_of: dict[str, list[str]] = {}  # worker name -> the stages it runs
         self.metrics_ports: list[int] = []  # each worker's --metrics-port (per-step timings are read from there)
 
     def _env(self, threads: int | None) -> dict:
@@ -235,15 +237,21 @@ class Engine:
             run = await self._inproc.__aenter__()
             self._task = run.task
             names = ["bench-inproc"]
+            self.stages_of = {"bench-inproc": stage_names()}
             if http:
                 self.url = f"http://127.0.0.1:{run.port}"
         else:
-            threads = max(1, (os.cpu_count() or 1) // n) if n > 1 else None
-            names = [f"bench-w{i}" for i in range(n)]
+            if self.o.split:  # stages apart: each process its own set, every core's threads to each
+                threads = None
+                self.stages_of = {f"bench-w{i}": part.split(",") for i, part in enumerate(self.o.split)}
+            else:
+                threads = max(1, (os.cpu_count() or 1) // n) if n > 1 else None
+                self.stages_of = {f"bench-w{i}": stage_names() for i in range(n)}
+            names = list(self.stages_of)
             for name in names:
                 port = _free_port()
                 self.metrics_ports.append(port)
-                self._spawn(["worker", "--stages", ",".join(stage_names()), "--name", name,
+                self._spawn(["worker", "--stages", ",".join(self.stages_of[name]), "--name", name,
                              "--metrics-port", str(port)], name, threads)
             if http:
                 port = _free_port()
@@ -264,22 +272,24 @@ class Engine:
                     raise SystemExit(f"a bench process exited with {p.returncode} during start:\n{tail}")
             if self._inproc is not None and self._task is not None and self._task.done():
                 self._task.result()
-            joined = 0
+            joined, want = 0, 0
             for stream, group in streams:
                 try:
                     cons = await self.r.xinfo_consumers(stream, group)
                 except Exception:
                     cons = []
                 have = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"] for c in cons}
-                joined += sum(1 for n in names if n in have)
+                mine = [n for n in names if group in self.stages_of[n]]
+                want += len(mine)
+                joined += sum(1 for n in mine if n in have)
             api_ok = self.url is None or await _http_ok(self.url + "/healthz")
             # joined is not enough: a consumer is registered before its stage's setup (the fallback loads ~5 s
             # more); tickets sent before that waited for it and tripped the breaker at every start
-            if joined == len(names) * len(streams) and api_ok and await self._stages_ready(names):
+            if joined == want and api_ok and await self._stages_ready(names):
                 return
             if time.monotonic() > deadline:
                 raise SystemExit(f"workers not ready after {self.o.join_timeout_s:.0f}s "
-                                 f"({joined}/{len(names) * len(streams)} stage consumers joined); "
+                                 f"({joined}/{want} stage consumers joined); "
                                  f"logs in {self.o.out_dir}")
             await asyncio.sleep(0.25)
 
@@ -287,7 +297,7 @@ class Engine:
         """Every worker says routing_stage_ready 1 for every stage (set once its setup is done)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        want = {(n, st) for n in names for st in stage_names()}
+        want = {(n, st) for n in names for st in self.stages_of[n]}
         seen = {(smp.labels.get("consumer"), smp.labels.get("stage"))
                 for text in await self.metrics_texts(quiet=True)
                 for fam in text_string_to_metric_families(text) if fam.name == "routing_stage_ready"
@@ -666,7 +676,10 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
     span = (t_end - t0) / 1000 if recs else 0
     return {
         "scenario": scenario.name, "door": opts.door, "fast": opts.fast,
-        "mode": "stages in the bench process" if opts.workers == 0 else f"{opts.workers} worker process(es)",
+        "mode": ("stages in the bench process" if opts.workers == 0 else
+                 f"{opts.workers} worker processes, stages split {' | '.join(opts.split)}" if opts.split else
+                 f"{opts.workers} worker process(es)"),
+        "split": opts.split,
         "workers": opts.workers,
         "tickets": len(planned), "routed": n_routed, "dead_letters": len(dead_set & ids),
         "lost": len(ids - routed_set - dead_set), "duplicates": fr.duplicates(got["routed"], ids),
@@ -732,7 +745,7 @@ async def run_flood(scenario, planned: list, settings, opts: Options, embedder=N
             from routing_engine.models.embedder import pipeline_embedder
 
             embedder = pipeline_embedder(settings.embedder, settings.models_path,
-                                         min_cosine=settings.embedder_min_cosine)
+                                         min_cosine=settings.embedder_min_cosine, threads=settings.embed_threads)
     if opts.ceiling:
         step = max(1, len(planned) // opts.ceiling_max)
         texts = [ticket_text(p.ticket) for p in planned[::step]][: opts.ceiling_max]
@@ -793,6 +806,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--door", choices=("stream", "http"), default="stream",
                    help="stream: pipelined XADD to the ingest stream; http: the API's webhook door")
     p.add_argument("--workers", type=int, default=1, help="worker processes (0 = stages in the bench process)")
+    p.add_argument("--split", action="append", default=[], metavar="STAGES",
+                   help="a worker process running only these stages (comma list); repeat for each process, e.g. "
+                        "--split enrich --split enrich,fallback,dedup,route (every stage in at least one); "
+                        "overrides --workers")
     p.add_argument("--tickets", "--n", type=int, dest="tickets",
                    help="exactly N tickets: the scenario is stretched or cut in time to hold N")
     p.add_argument("--fast", action="store_true",
@@ -844,6 +861,10 @@ def plan(args, scenario, rows, embedder) -> tuple[list, float | None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.split:
+        given = [st for part in args.split for st in part.split(",")]
+        if set(given) != set(stage_names()):  # a stage in two processes is two consumers of its group
+            raise SystemExit(f"--split must name every stage: {', '.join(stage_names())} (got {', '.join(given)})")
     os.environ.setdefault("ROUTING_LOG_LEVEL", "warning")
     from routing_engine.config import Settings
     from routing_engine.logs import setup_logging
@@ -860,9 +881,11 @@ def main(argv: list[str] | None = None) -> int:
     from routing_engine.models.embedder import pipeline_embedder
 
     # the ceiling and the baseline use the embedder the workers use (ROUTING_EMBEDDER)
-    embedder = pipeline_embedder(settings.embedder, settings.models_path, min_cosine=settings.embedder_min_cosine)
+    embedder = pipeline_embedder(settings.embedder, settings.models_path, min_cosine=settings.embedder_min_cosine,
+                                 threads=settings.embed_threads)  # as the workers: the ceiling is theirs
     planned, capacity = plan(args, scenario, rows, embedder)
-    opts = Options(door=args.door, workers=args.workers, fast=args.fast, http_batch=args.http_batch,
+    opts = Options(door=args.door, workers=len(args.split) or args.workers, split=args.split, fast=args.fast,
+                   http_batch=args.http_batch,
                    http_concurrency=args.http_concurrency, baseline=not args.no_baseline,
                    baseline_max=args.baseline_max, baseline_budget_s=args.baseline_budget, ceiling=not args.no_ceiling,
                    stall_timeout_s=args.stall_timeout, progress=not args.no_progress, agents_file=args.agents,

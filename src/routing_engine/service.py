@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -158,9 +159,21 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+def limit_blas(threads: int) -> None:
+    """BLAS (OpenBLAS under numpy, scipy and FAISS) to `threads` threads in this process (0: leave it). calm 20,000
+    `--fast` on 2 cores: the worker's CPU 3.90-4.09 -> 3.60-3.64 ms a ticket at the same throughput (its BLAS
+    threads spin between the small products of dedup and the classifier); bench/results/issue11/blas-threads/."""
+    if threads > 0:
+        from threadpoolctl import threadpool_limits
+
+        os.environ["OPENBLAS_NUM_THREADS"] = str(threads)  # the copies loaded later (FAISS's, at a stage's setup)
+        threadpool_limits(limits=threads, user_api="blas")  # the ones loaded already (numpy's)
+
+
 async def serve(s: Settings, *, stages: list[str] | tuple[str, ...] = (), consumer: str | None = None,
                 api: bool = False, agents_file: str | None = None, metrics_port: int = 0) -> None:
     """What `up`, `api` and `worker` run: until SIGINT/SIGTERM, then a clean stop."""
+    limit_blas(s.blas_threads)
     r = aioredis.from_url(s.redis_url, health_check_interval=30)
     await r.ping()
     try:

@@ -4,6 +4,7 @@ others itself, and pairs the transaction's replies with outcomes however many wr
 from __future__ import annotations
 
 import asyncio
+import os
 
 from routing_engine.infra.keys import Keys
 from routing_engine.infra.runtime import Outcome, Stage, run_stages
@@ -312,3 +313,20 @@ async def _is_ready(ready):
 
 async def _replied(stage, n):
     return n in stage.replies
+
+
+def test_a_serving_process_runs_blas_on_the_threads_it_is_given():
+    """limit_blas (serve calls it with ROUTING_BLAS_THREADS) holds numpy's BLAS and the copies loaded after it
+    (FAISS's, at a stage's setup); 0 leaves each library's own default. In a process of its own: it is global."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy\nfrom routing_engine.service import limit_blas\nlimit_blas(int(sys.argv[1]))\n"
+            "import faiss, scipy.linalg\nfrom threadpoolctl import threadpool_info\n"
+            "print(sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    got = {n: subprocess.run([sys.executable, "-c", code, str(n)], capture_output=True, text=True, env=env,
+                             timeout=120, check=True).stdout.strip() for n in (1, 0)}
+    assert got[1] == "[1]"
+    if (os.cpu_count() or 1) > 1:  # the libraries' default is one thread per core
+        assert got[0] != "[1]", got

@@ -67,6 +67,10 @@ def test_choosing_onnx_int8_uses_the_artifact(built):
     emb = pipeline_embedder("onnx-int8", built[0])
     assert isinstance(emb, onnx_minilm.OnnxEmbedder) and emb.path == built[1] and emb.name == onnx_minilm.NAME
     assert pipeline_embedder("onnx-int8", built[0]) is emb  # one per process
+    assert emb.threads == onnx_minilm.cores()  # every core this process may use, unless told (ROUTING_EMBED_THREADS)
+    one = pipeline_embedder("onnx-int8", built[0], threads=1)
+    assert one is not emb and one.threads == 1 and pipeline_embedder("onnx-int8", built[0], threads=1) is one
+    assert float(one.encode(["card payment declined"])[0] @ emb.encode(["card payment declined"])[0]) > 0.999
     auto = pipeline_embedder("auto", built[0])
     rates = emb.meta["rates"]
     faster = rates["onnx_int8_texts_per_s"] > rates["torch_fp32_texts_per_s"]

@@ -67,7 +67,7 @@ log = structlog.get_logger("embedder")
 
 
 def pipeline_embedder(choice: str, models_dir: str | Path, *, build: bool = False,
-                      min_cosine: float = onnx_minilm.DEFAULT_MIN_COSINE) -> TextEmbedder:
+                      min_cosine: float = onnx_minilm.DEFAULT_MIN_COSINE, threads: int = 0) -> TextEmbedder:
     """The MiniLM the pipeline embeds with (ROUTING_EMBEDDER), one per process and choice:
 
     - "torch": the PyTorch fp32 model;
@@ -76,19 +76,21 @@ def pipeline_embedder(choice: str, models_dir: str | Path, *, build: bool = Fals
       against fp32 and measured faster than PyTorch on this machine at build time.
 
     Whenever the int8 model cannot be used (missing, corrupt, failed its check, slower) it is PyTorch, and the
-    reason is logged (`embedder.fallback`)."""
+    reason is logged (`embedder.fallback`). `threads`: ONNX Runtime's threads (ROUTING_EMBED_THREADS; 0 = every
+    core this process may use)."""
     if choice not in PIPELINE_CHOICES:
         raise ValueError(f"unknown ROUTING_EMBEDDER {choice!r}; expected one of {PIPELINE_CHOICES}")
-    key = ("pipeline:" + choice, str(Path(models_dir).resolve()), "")
+    key = ("pipeline:" + choice, str(Path(models_dir).resolve()), str(threads or ""))
     with _shared_lock:
         if key in _shared:
             return _shared[key]
-    chosen = shared_embedder() if choice == "torch" else _int8_or_torch(choice, models_dir, build, min_cosine)
+    chosen = shared_embedder() if choice == "torch" else _int8_or_torch(choice, models_dir, build, min_cosine, threads)
     with _shared_lock:
         return _shared.setdefault(key, chosen)
 
 
-def _int8_or_torch(choice: str, models_dir: str | Path, build: bool, min_cosine: float) -> TextEmbedder:
+def _int8_or_torch(choice: str, models_dir: str | Path, build: bool, min_cosine: float,
+                   threads: int = 0) -> TextEmbedder:
     reason = None
     path = onnx_minilm.latest(models_dir)
     if path is None and (build or choice == "onnx-int8"):
@@ -101,7 +103,7 @@ def _int8_or_torch(choice: str, models_dir: str | Path, build: bool, min_cosine:
         reason = reason or f"no int8 model built yet under {models_dir} (built at train or first start)"
     else:
         try:
-            onnx = onnx_minilm.OnnxEmbedder(path)
+            onnx = onnx_minilm.OnnxEmbedder(path, threads=threads or None)
         except onnx_minilm.OnnxUnusable as exc:
             reason = f"{path.name}: {exc}"
         else:

@@ -86,7 +86,8 @@ class EnrichStage(Stage):
         self.consumer = ctx.consumer
         self.breaker = Breaker.for_fallback(ctx.r, self.settings, self.keys)
         self.embedder = await asyncio.to_thread(pipeline_embedder, self.settings.embedder, self.settings.models_path,
-                                                min_cosine=self.settings.embedder_min_cosine)
+                                                min_cosine=self.settings.embedder_min_cosine,
+                                                threads=self.settings.embed_threads)
         if self.classifier is None:
             path = latest_model(self.settings.models_path)
             if path is None:
