@@ -130,7 +130,6 @@ def requests(draw) -> Req:
         segments = draw(st.lists(st.one_of(_ids, st.sampled_from(["v1", "tickets", "..", "", "batch"])), max_size=5))
         method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]))
         path = template = "/v1/" + "/".join(urllib.parse.quote(s, safe="") for s in segments)  # "//x": a host
-        assume(len(path) < 8000)  # beyond aiohttp's request line limit: test_over_long_url
     else:
         method, template = draw(st.sampled_from(ROUTES))
         if draw(st.integers(0, 7)) == 0:
@@ -145,6 +144,10 @@ def requests(draw) -> Req:
     query = draw(st.lists(st.tuples(st.sampled_from(["status", "limit", "types", "token", "x", ""]) | _text,
                                     st.sampled_from(["assigned", "queued", "dead", "-1", "0", "100000", "abc"])
                                     | _text), max_size=3))
+    # within aiohttp's 8,190-byte request line, query included (beyond it the protocol answers before the app, in
+    # plain text: test_over_long_url); a long escaped id with a long query crossed it with hypothesis 6.170
+    line = f"{method} {URL(path, encoded=True).with_query(query) if query else path} HTTP/1.1"
+    assume(len(line.encode()) < 8000)
     headers = {}
     # mostly JSON, so bodies reach the schema and Redis (an explicit coin: one_of's branches are not drawn evenly)
     ct = draw(st.integers(0, 3))
