@@ -94,8 +94,14 @@ async def running(s: Settings, r: aioredis.Redis, *, stages: list[str] | tuple[s
         built = build_stages(list(stages), s)
         handle.stage_names = [st.name for st in built]
         worker = consumer or consumer_name()
+        consumers = [worker] * len(built)
+        if "enrich" in handle.stage_names:  # more enrich read loops: consumers of their own (ROUTING_ENRICH_RUNNERS)
+            for i in range(2, s.enrich_runners + 1):
+                built += build_stages(["enrich"], s)
+                consumers.append(f"{worker}-e{i}")
         handle.task = asyncio.create_task(supervise(r, built, worker, handle.stop,
-                                                    rebuild=lambda name: build_stages([name], s)[0]))
+                                                    rebuild=lambda name: build_stages([name], s)[0],
+                                                    consumers=consumers))
         if not api:  # the API's watcher does it there; a worker alone must too (infra/maintenance.py)
             upkeep = asyncio.create_task(maintenance.run(r, Keys(s.prefix), s, worker, handle.stop))
     try:
@@ -112,14 +118,15 @@ async def running(s: Settings, r: aioredis.Redis, *, stages: list[str] | tuple[s
 
 
 async def supervise(r: aioredis.Redis, stages: list[Stage], consumer: str, stop: asyncio.Event,
-                    rebuild: Callable[[str], Stage]) -> None:
-    """Run each stage until `stop` is set. One whose task dies (its setup failed, or the runtime itself did: errors
-    of entries and of Redis never end it) is rebuilt with `rebuild(name)` and restarted after a backoff, while the
-    other stages and the API go on."""
+                    rebuild: Callable[[str], Stage], consumers: list[str] | None = None) -> None:
+    """Run each stage until `stop` is set (as `consumer`, or as its own entry of `consumers`). One whose task dies
+    (its setup failed, or the runtime itself did: errors of entries and of Redis never end it) is rebuilt with
+    `rebuild(name)` and restarted after a backoff, while the other stages and the API go on."""
     if not stages:
         await stop.wait()
         return
-    await asyncio.gather(*(_keep_running(r, st, consumer, stop, rebuild) for st in stages))
+    names = consumers or [consumer] * len(stages)
+    await asyncio.gather(*(_keep_running(r, st, name, stop, rebuild) for st, name in zip(stages, names)))
 
 
 async def _keep_running(r: aioredis.Redis, stage: Stage, consumer: str, stop: asyncio.Event,

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import orjson
 from aiohttp import web
+from prometheus_client import REGISTRY
 
-from fixtures import wait_for
+from routing_engine.models.onnx_minilm import cores
+from routing_engine.stages.enrich import embed_threads
+
+from fixtures import InProcessPipeline, wait_for
 
 
 async def routed(pipeline, tid):
@@ -219,3 +224,30 @@ async def test_urgent_text_takes_the_priority_lane_ahead_of_a_backlog(settings, 
 
 async def _count(r, stream, n):
     return await r.xlen(stream) >= n
+
+
+async def test_several_enrich_runners_in_one_process_share_the_stream(settings, r):
+    """ROUTING_ENRICH_RUNNERS=2: a second enrich read loop, a consumer of its own, set up and reading beside the first
+    (cores split between their embedders: one thread each on 2 cores); every ticket still routed once."""
+    s = replace(settings, enrich_runners=2)
+    assert embed_threads(s) == max(1, cores() // 2) and embed_threads(replace(s, embed_threads=3)) == 3
+    assert embed_threads(settings) == settings.embed_threads  # one runner: as configured (0 = every core)
+    async with InProcessPipeline(s, r) as pipe:
+        k = pipe.k
+        for consumer in ("test-worker", "test-worker-e2"):
+            await wait_for(lambda c=consumer: _ready(REGISTRY, "enrich", c))
+        names = {c["name"] for c in await r.xinfo_consumers(k.ingest, "enrich")}
+        assert names == {b"test-worker", b"test-worker-e2"}
+        ids = [f"er-{i}" for i in range(24)]
+        for tid in ids:
+            await r.xadd(k.ingest, {"data": orjson.dumps({"id": tid, "subject": "Card not working",
+                                                           "body": f"my card {tid} was declined at the shop"})})
+        for tid in ids:
+            await wait_for(lambda t=tid: routed(pipe, t))
+        await wait_for(lambda: _pending_zero(r, k.ingest, "enrich"))
+        enriched = [orjson.loads(f[b"data"])["ticket"]["ticket_id"] for _, f in await r.xrange(k.enriched)]
+        assert sorted(enriched) == sorted(ids)  # each once
+
+
+async def _ready(registry, stage: str, consumer: str) -> bool:
+    return registry.get_sample_value("routing_stage_ready", {"stage": stage, "consumer": consumer}) == 1.0

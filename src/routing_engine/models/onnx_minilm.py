@@ -251,7 +251,9 @@ class OnnxEmbedder:
         self.max_len = int(self.meta.get("max_seq_length") or 256)
         self._tok.enable_truncation(self.max_len)
         self._tok.no_padding()
-        self._lock = threading.Lock()  # one run at a time: it already uses every core
+        # one run at a time when a run uses several threads (two would fight over the cores); with one thread each run
+        # computes on its caller's thread alone, so callers on other threads (ROUTING_ENRICH_RUNNERS) run side by side
+        self._lock = threading.Lock() if self.threads > 1 else contextlib.nullcontext()
         if verify:
             self._verify_probes()
 

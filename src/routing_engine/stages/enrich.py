@@ -42,6 +42,16 @@ INCIDENTS_EVERY_S = 0.5
 INCIDENTS_AT_START = 1000
 
 
+def embed_threads(s) -> int:
+    """ONNX Runtime threads for each enrich runner's embedding: ROUTING_EMBED_THREADS, else with several runners in
+    the process the cores split between them (0: every core, one runner)."""
+    if s.embed_threads > 0 or s.enrich_runners <= 1:
+        return s.embed_threads
+    from ..models.onnx_minilm import cores
+
+    return max(1, cores() // s.enrich_runners)
+
+
 def classified_event(enrich: dict) -> bytes:
     return orjson.dumps({k: enrich.get(k) for k in EVENT_FIELDS})
 
@@ -87,7 +97,7 @@ class EnrichStage(Stage):
         self.breaker = Breaker.for_fallback(ctx.r, self.settings, self.keys)
         self.embedder = await asyncio.to_thread(pipeline_embedder, self.settings.embedder, self.settings.models_path,
                                                 min_cosine=self.settings.embedder_min_cosine,
-                                                threads=self.settings.embed_threads)
+                                                threads=embed_threads(self.settings))
         if self.classifier is None:
             path = latest_model(self.settings.models_path)
             if path is None:
