@@ -324,7 +324,11 @@ def cmd_serve(args, s: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    s = _settings(args)
+    try:
+        s = _settings(args)
+    except ValueError as exc:  # a setting of the wrong type or range: say which, not a traceback
+        print(f"configuration: {exc}", file=sys.stderr)
+        return 2
     from .logs import setup_logging
 
     setup_logging(s.log_format, s.log_level)

@@ -114,13 +114,28 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
+        """Every setting from its environment variable, else its default; `overrides` (not None) win. A value of the
+        wrong type, or out of its range, raises ValueError naming the variable."""
         values = {}
         for f in fields(cls):
             cast = _cast_of(f)
-            default = f.default
-            values[f.name] = _env(f.metadata["env"], default, cast) if f.name != "redis_url" else os.environ.get("REDIS_URL") or None
+            if f.name == "redis_url":
+                values[f.name] = os.environ.get("REDIS_URL") or None
+                continue
+            try:
+                values[f.name] = _env(f.metadata["env"], f.default, cast)
+            except ValueError:
+                raise ValueError(f"{f.metadata['env']}={os.environ.get(f.metadata['env'])!r}: expected "
+                                 f"{cast.__name__}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        for name, low in _AT_LEAST.items():
+            value = getattr(self, name)
+            if value < low:
+                env = next(f.metadata["env"] for f in fields(self) if f.name == name)
+                raise ValueError(f"{env}={value!r}: must be at least {low}")
 
     def overridden(self, assignments: dict[str, str]) -> Settings:
         """A copy with env-style assignments applied ({"ROUTING_DEDUP_TAU": "0.8"}): what `replay --set` changes.
@@ -160,3 +175,7 @@ class Settings:
         """Env var table for --help and the README."""
         rows = [f"  {f.metadata['env']:<26} {f.metadata['help']} (default: {f.default!r})" for f in fields(Settings)]
         return "\n".join(rows)
+
+
+# settings a value below which cannot work (a thread count of -1, no enrich loop, an empty batch)
+_AT_LEAST = {"batch_size": 1, "enrich_runners": 1, "embed_threads": 0, "blas_threads": 0}
