@@ -207,6 +207,12 @@ class StageRunner:
         # once per episode (a lane's runner shares its main runner's, so a stage says it once whichever of its loops
         # meets it, even when the two loops see different kinds in turn)
         self._troubles: list = [None, 0.0, set()]
+        # this loop met the trouble itself: only its own success ends the episode. A loop that did not says nothing
+        # about it: a lane's read, blocked before a long script began, is answered (empty) as the script ends, and
+        # when its coroutine resumed before the main loop's, whose BUSY reply had come in just before, it ended the
+        # episode and that BUSY was logged as a second one (seen in CI; valkey 9 and Redis 7 both answer a blocked
+        # read only at the script's end, checked)
+        self._in_trouble = False
         self._group_lost = False
         # held while a lost group is made again: a lane's runner shares its main runner's, so when both loops meet
         # NOGROUP after an empty restart one makes the groups and the other finds them (it was a race: both said so)
@@ -424,6 +430,7 @@ class StageRunner:
     def _waiting(self, kind: str, exc: BaseException) -> None:
         """Log a Redis trouble when it starts (or turns into a kind not seen yet in this episode), not at every
         retry."""
+        self._in_trouble = True
         if self._troubles[0] is None:
             self._troubles[1] = time.monotonic()
         self._troubles[0] = kind
@@ -439,6 +446,9 @@ class StageRunner:
                         detail="waiting for Redis; the entries in hand stay pending and are retried")
 
     def _recovered(self) -> None:
+        if not self._in_trouble:
+            return
+        self._in_trouble = False
         if self._troubles[0] is not None:
             log.info("stage.redis_recovered", stage=self.stage.name, reason=self._troubles[0],
                      after_s=round(time.monotonic() - self._troubles[1], 1))
