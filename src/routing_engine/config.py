@@ -139,7 +139,7 @@ class Settings:
 
     def overridden(self, assignments: dict[str, str]) -> Settings:
         """A copy with env-style assignments applied ({"ROUTING_DEDUP_TAU": "0.8"}): what `replay --set` changes.
-        Unknown names and values of the wrong type raise ValueError naming them."""
+        Unknown names and values of the wrong type or range raise ValueError naming them."""
         by_env = {f.metadata["env"]: f for f in fields(Settings)}
         values = {}
         for name, raw in assignments.items():
