@@ -848,14 +848,7 @@ def plan(args, scenario, rows, embedder) -> tuple[list, float | None]:
         capacity = measure_ceiling(embedder, texts)["texts_per_s"]
         print(f"capacity for relative rates: {capacity:.0f} tickets/s (embedding ceiling)", file=sys.stderr)
     if args.tickets:
-        want = args.tickets
-        factor = want / max(1.0, sc_mod.expected_count(scenario, capacity) * args.speed) * 1.1
-        for _ in range(5):
-            stretched = sc_mod.scaled(scenario, factor)
-            planned = sc_mod.generate(stretched, rows, capacity, args.speed, limit=want)
-            if len(planned) >= want:
-                break
-            factor *= 1.3
+        planned, stretched = sc_mod.stretched(scenario, rows, args.tickets, capacity, args.speed)
         for s, used in zip(scenario.storms, stretched.storms):
             s.intent = used.intent
         return planned, capacity

@@ -91,6 +91,25 @@ def drain_order(planned: list, drain: float | None, lane_delay_s: float = 0.3) -
     return [i for *_, i in sorted(done)], lanes
 
 
+def workers_order(order: list[int], lanes: set[int], workers: int, batch: int, seed: int) -> list[int]:
+    """`order` as dedup meets it behind `workers` enrich workers reading batches of `batch` in turn: consecutive
+    batches of the main stream go to different workers and reach dedup in whichever order those finish (drawn,
+    seeded, within each round of `workers` batches). Lane tickets stay where they were."""
+    import random
+
+    if workers <= 1:
+        return order
+    rng = random.Random(seed)
+    main = [i for i in order if i not in lanes]
+    batches = [main[j:j + batch] for j in range(0, len(main), batch)]
+    out: list[int] = [i for i in order if i in lanes]  # the lane runs ahead (flush: first; drain: near arrival)
+    for r in range(0, len(batches), workers):
+        rnd = batches[r:r + workers]
+        rng.shuffle(rnd)
+        out += [i for b in rnd for i in b]
+    return out
+
+
 def replay(planned: list, vecs: np.ndarray, top: list[list[tuple[str, float]]], rule: GroupingRule,
            order: list[int] | None = None, lanes: set[int] = frozenset()) -> dict:
     """Group every ticket in arrival order (or `order`); returns ticket id -> final group, and the incident groups
@@ -181,6 +200,13 @@ def main(argv=None) -> int:
                     "them (the urgent lane first, the backlog in order: see drain_order); default arrival order")
     ap.add_argument("--flush", action="store_true", help="decide as if every ticket arrived at once after the "
                     "scenario, with its time as created_at: the urgent lane's tickets first, then the rest in order")
+    ap.add_argument("--workers", type=int, default=1, help="with --flush: dedup meets the main stream's batches "
+                    "as N enrich workers finish them (consecutive batches in a drawn order; see workers_order)")
+    ap.add_argument("--batch", type=int, default=512, help="enrich batch size for --workers (ROUTING_BATCH_SIZE)")
+    ap.add_argument("--seed", type=int, action="append", help="draw(s) of the --workers order (repeatable; "
+                    "default 0)")
+    ap.add_argument("--tickets", type=int, help="exactly N tickets per scenario (stretched in time as "
+                    "bench/flood.py --tickets does)")
     ap.add_argument("--capacity", type=float, default=200.0,
                     help="tickets/s that relative rates ('10x') are of (default 200; bench/flood.py measures it)")
     args = ap.parse_args(argv)
@@ -212,12 +238,14 @@ def main(argv=None) -> int:
         pool = [(texts[i], labels[i]) for i in te]
     names = args.scenario or sorted(p.stem for p in (HERE / "scenarios").glob("*.yaml"))
     report = {"mode": "in-sample" if args.in_sample else "out-of-sample (70/30)", "k": K, "scenarios": {},
-              "order": "flush" if args.flush else f"drain {args.drain}/s" if args.drain else "arrival"}
+              "order": "flush" if args.flush else f"drain {args.drain}/s" if args.drain else "arrival",
+              "workers": args.workers, "batch": args.batch}
     rules = {"old": OLD_RULE, "new": replace(GroupingRule(), **json.loads(args.rule or "{}"))}
     for name in names:
         sc = sc_mod.load_scenario(name)
         capacity = args.capacity if sc.relative else None
-        planned = sc_mod.generate(sc, pool, capacity)
+        planned = (sc_mod.stretched(sc, pool, args.tickets, capacity)[0] if args.tickets
+                   else sc_mod.generate(sc, pool, capacity))
         ptexts = [ticket_text(p.ticket) for p in planned]
         vecs = emb(ptexts)
         proba = clf.predict_proba(vecs, ptexts)
@@ -227,21 +255,28 @@ def main(argv=None) -> int:
         for rname, rule in rules.items():
             if args.only_new and rname == "old":
                 continue
-            order, lanes = drain_order(planned, args.drain) if args.drain or args.flush else (None, set())
-            s = score(planned, replay(planned, vecs, top, rule, order, lanes))
-            report["scenarios"][name][rname] = s
-            storms = "; ".join(f"{sid}: {i['groups']} groups, {i['incidents']} inc, main {i['main_incident_share']:.0%}"
-                               f", detect {i['detect_s_after_kth']} s" for sid, i in s["storms"].items())
-            print(f"{name:<22} {rname:<4} P {s['pairs']['precision']}  R {s['pairs']['recall']}  "
-                  f"bg in storm inc {s['background_in_storm_incidents']:.3f} "
-                  f"(other intents {s['background_wrongly_in_storm_incidents']:.3f})  "
-                  f"inc {s['incidents_total']} ({s['incidents_without_storm_tickets']} no storm) | {storms}")
-            for f in s["false_incidents"]:
-                st = f.get("storm", {})
-                print(f"    no-storm incident {f['group']}: {f['size']} tickets {f['true_intents']}, opened at "
-                      f"{f.get('at_s')} s by a {f.get('category')} ticket, size {st.get('size')}, rate "
-                      f"{st.get('rate')} / baseline {st.get('baseline')} {f.get('parts')} = {st.get('ratio')}x, "
-                      f"group since {f.get('first_s')} s")
+            for seed in args.seed or [0]:
+                order, lanes = drain_order(planned, args.drain) if args.drain or args.flush else (None, set())
+                if args.workers > 1:
+                    if order is None:
+                        raise SystemExit("--workers needs --flush or --drain")
+                    order = workers_order(order, lanes, args.workers, args.batch, seed)
+                s = score(planned, replay(planned, vecs, top, rule, order, lanes))
+                report["scenarios"][name][rname if len(args.seed or [0]) == 1 else f"{rname}-seed{seed}"] = s
+                storms = "; ".join(f"{sid}: {i['groups']} groups, {i['incidents']} inc, "
+                                   f"main {i['main_incident_share']:.0%}, detect {i['detect_s_after_kth']} s"
+                                   for sid, i in s["storms"].items())
+                drawn = f"seed {seed} " if args.workers > 1 else ""
+                print(f"{name:<22} {rname:<4} {drawn}P {s['pairs']['precision']}  R {s['pairs']['recall']}  "
+                      f"bg in storm inc {s['background_in_storm_incidents']:.3f} "
+                      f"(other intents {s['background_wrongly_in_storm_incidents']:.3f})  "
+                      f"inc {s['incidents_total']} ({s['incidents_without_storm_tickets']} no storm) | {storms}")
+                for f in s["false_incidents"]:
+                    st = f.get("storm", {})
+                    print(f"    no-storm incident {f['group']}: {f['size']} tickets {f['true_intents']}, opened at "
+                          f"{f.get('at_s')} s by a {f.get('category')} ticket, size {st.get('size')}, rate "
+                          f"{st.get('rate')} / baseline {st.get('baseline')} {f.get('parts')} = {st.get('ratio')}x, "
+                          f"group since {f.get('first_s')} s")
     report["rules"] = {k: asdict(v) for k, v in rules.items()}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1, default=str))

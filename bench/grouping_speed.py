@@ -47,13 +47,7 @@ def plan(name: str, tickets: int | None) -> list:
     cap = CAPACITY if sc.relative else None
     if not tickets:
         return sc_mod.generate(sc, rows, cap)
-    factor = tickets / max(1.0, sc_mod.expected_count(sc, cap)) * 1.1  # as bench/flood.py --tickets stretches it
-    for _ in range(5):
-        planned = sc_mod.generate(sc_mod.scaled(sc, factor), rows, cap, limit=tickets)
-        if len(planned) >= tickets:
-            break
-        factor *= 1.3
-    return planned
+    return sc_mod.stretched(sc, rows, tickets, cap)[0]  # as bench/flood.py --tickets stretches it
 
 
 def inputs(name: str, tickets: int | None, cache_dir: Path) -> dict:

@@ -164,6 +164,20 @@ def scaled(sc: Scenario, time_factor: float) -> Scenario:
                            for s in sc.storms])
 
 
+def stretched(sc: Scenario, rows: list[tuple[str, str]], tickets: int, capacity: float | None = None,
+              speed: float = 1.0) -> tuple[list[Planned], Scenario]:
+    """Exactly `tickets` tickets of the scenario's shape: stretched in time (rates unchanged) until it holds that
+    many, then cut. Returns them and the stretched scenario (its storms carry the intents drawn)."""
+    factor = tickets / max(1.0, expected_count(sc, capacity) * speed) * 1.1
+    for _ in range(5):
+        longer = scaled(sc, factor)
+        planned = generate(longer, rows, capacity, speed, limit=tickets)
+        if len(planned) >= tickets:
+            break
+        factor *= 1.3
+    return planned, longer
+
+
 def generate(sc: Scenario, rows: list[tuple[str, str]], capacity: float | None = None,
              speed: float = 1.0, limit: int | None = None) -> list[Planned]:
     """The scenario as a time-ordered list. `speed` multiplies every rate (and compresses time);

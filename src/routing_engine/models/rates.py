@@ -204,7 +204,7 @@ class StreamCounts:
 
     # ---- reading
 
-    def _ring_at(self, t: float, ring: np.ndarray, h: float) -> np.ndarray:
+    def _ring_at(self, t: float, ring: np.ndarray, h: float, since: float | None = None) -> np.ndarray:
         bt = math.floor(t)
         span = min(self.rows, int(READ_HALFLIVES * h) + 1)
         first = bt - span + 1
@@ -216,18 +216,22 @@ class StreamCounts:
         else:
             rows = secs % self.rows
             held, block = self.row_sec[rows], ring[rows, :n]
-        w = np.where(held == secs, np.exp2(-(t - secs) / h), 0.0)
+        ok = held == secs
+        if since is not None:
+            ok &= secs >= math.floor(since)
+        w = np.where(ok, np.exp2(-(t - secs) / h), 0.0)
         return w @ block
 
-    def lagged_at(self, t: float) -> dict[str, float]:
+    def lagged_at(self, t: float, since: float | None = None) -> dict[str, float]:
         """category -> decayed count (slow half-life) of the tickets before the last few seconds, as of t: the
-        slow count minus the fast one, so a burst that just began is not in it yet and cannot raise its own bar."""
-        if t >= self.ts:
+        slow count minus the fast one, so a burst that just began is not in it yet and cannot raise its own bar.
+        `since`: only the tickets at or after that second (read from the ring)."""
+        if t >= self.ts and since is None:
             self.decay(t)
             fast = self.fast.get
             return {c: d if (d := v - fast(c, 0.0)) > 0.0 else 0.0 for c, v in self.slow.items()}
-        slow = self._ring_at(t, self.ring_slow, self.h_slow)
-        fast = self._ring_at(t, self.ring_fast, self.h_fast)
+        slow = self._ring_at(t, self.ring_slow, self.h_slow, since)
+        fast = self._ring_at(t, self.ring_fast, self.h_fast, since)
         lag = np.maximum(slow - fast, 0.0)
         return {self.names[i]: float(lag[i]) for i in np.flatnonzero(slow > 1e-3)}
 
