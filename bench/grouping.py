@@ -94,15 +94,18 @@ def drain_order(planned: list, drain: float | None, lane_delay_s: float = 0.3) -
 def workers_order(order: list[int], lanes: set[int], workers: int, batch: int, seed: int) -> list[int]:
     """`order` as dedup meets it behind `workers` enrich workers reading batches of `batch` in turn: consecutive
     batches of the main stream go to different workers and reach dedup in whichever order those finish (drawn,
-    seeded, within each round of `workers` batches). Lane tickets stay where they were."""
+    seeded, within each round of `workers` batches), after a first batch of two (what had arrived when enrich first
+    read: live, calm 20,000 --workers 2 decided one ticket, then tickets 500-1023, then 0 and 2-499). Lane tickets
+    stay where they were."""
     import random
 
     if workers <= 1:
         return order
     rng = random.Random(seed)
     main = [i for i in order if i not in lanes]
+    lead, main = main[:2], main[2:]
     batches = [main[j:j + batch] for j in range(0, len(main), batch)]
-    out: list[int] = [i for i in order if i in lanes]  # the lane runs ahead (flush: first; drain: near arrival)
+    out: list[int] = [i for i in order if i in lanes] + lead  # the lane runs ahead (flush: first; drain: near arrival)
     for r in range(0, len(batches), workers):
         rnd = batches[r:r + workers]
         rng.shuffle(rnd)

@@ -226,14 +226,19 @@ class StreamCounts:
         """category -> decayed count (slow half-life) of the tickets before the last few seconds, as of t: the
         slow count minus the fast one, so a burst that just began is not in it yet and cannot raise its own bar.
         `since`: only the tickets at or after that second (read from the ring)."""
+        return self.read(t, since)[0]
+
+    def read(self, t: float, since: float | None = None) -> tuple[dict[str, float], float]:
+        """lagged_at(t, since), and the fast count of the whole stream as of t (its last few seconds)."""
         if t >= self.ts and since is None:
             self.decay(t)
             fast = self.fast.get
-            return {c: d if (d := v - fast(c, 0.0)) > 0.0 else 0.0 for c, v in self.slow.items()}
+            return ({c: d if (d := v - fast(c, 0.0)) > 0.0 else 0.0 for c, v in self.slow.items()},
+                    sum(self.fast.values()))
         slow = self._ring_at(t, self.ring_slow, self.h_slow, since)
         fast = self._ring_at(t, self.ring_fast, self.h_fast, since)
         lag = np.maximum(slow - fast, 0.0)
-        return {self.names[i]: float(lag[i]) for i in np.flatnonzero(slow > 1e-3)}
+        return {self.names[i]: float(lag[i]) for i in np.flatnonzero(slow > 1e-3)}, float(fast.sum())
 
     def snapshot(self) -> tuple:
         """Everything a replay must reproduce, rounded (tests compare two of these)."""
