@@ -9,6 +9,6 @@ run() {
   .venv/bin/python bench/flood.py "$@" --no-baseline --json $out/$name.json 2>&1 | grep -av '^2026\|^{\|routed:' > $out/$name.log
   grep -a "throughput\|latency ms\|incidents  \|lost\|storm-" $out/$name.log | sed "s/^/$name /" | cut -c1-250
 }
-for i in 1 2 3; do run calm-w2-$i --scenario calm --tickets 20000 --fast --workers 2; done
+for i in 1 2 3 4; do run calm-w2-$i --scenario calm --tickets 20000 --fast --workers 2; done
 run two-storms-w2 --scenario two-storms --workers 2
 run two-storms --scenario two-storms
