@@ -184,3 +184,27 @@ def test_a_handful_of_tickets_in_a_thin_stream_is_chance_but_a_storm_is_not():
     assert _thin_stream(cluster, chance=1e-3) == []
     storm = [(200.0 + 0.2 * i, "cat0") for i in range(30)]
     assert _thin_stream(storm, chance=1e-3) == ["cat0"]
+
+
+def test_a_storm_in_two_groups_of_a_fresh_stream_still_opens():
+    """One ticket, then 20 s later a storm of one category that forms two groups. The coverage estimate must not take
+    the storm's other group for the rest of the stream (it read the one earlier ticket as 10% of what the storm's
+    seconds held, scaled the baseline 10x and opened nothing: the dashboard test's storm); it leaves out the group's
+    category and the busiest others, and needs 20 tickets of the rest before it says anything."""
+    rng = np.random.default_rng(0)
+    a, b, other = (rng.normal(size=48) for _ in range(3))
+    g = Grouper(GroupingRule(), incident_k=5)
+    last: dict[str, tuple[str, np.ndarray]] = {}
+    opened = []
+    stream = [(0.0, "bg", other, "other")] + [(20.0 + 0.01 * i, "ab"[i % 2], (a, b)[i % 2], "card_declined")
+                                               for i in range(12)]
+    for i, (t, key, centre, cat) in enumerate(stream):
+        v = centre + 0.2 * rng.normal(size=48) * np.linalg.norm(centre) / math.sqrt(48)
+        v = v / np.linalg.norm(v)
+        near = [(last[key][0], float(last[key][1] @ v))] if key in last else []
+        d = g.assign(f"t{i}", v, cat, [(cat, 0.9)], t, near)
+        last[key] = (f"t{i}", v)
+        if d.opens:
+            opened.append(key)
+            assert "coverage" not in d.storm
+    assert sorted(opened) == ["a", "b"]

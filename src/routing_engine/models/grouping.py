@@ -24,6 +24,7 @@ Plain numpy, no Redis: the dedup stage persists what this decides, and the bench
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,8 @@ from .rates import READ_HALFLIVES, Decayed, StreamCounts
 LN2 = math.log(2)
 RATE_PARTS = ("stream", "category", "group")  # the baseline's parts (see Grouper.baseline)
 MIN_COVERAGE = 0.1  # the baseline is scaled up 10x at most for a stretch of the stream not yet decided
+COVERAGE_SKIP = 2  # the busiest categories of the last seconds left out of the coverage estimate
+COVERAGE_TICKETS = 20.0  # ...which needs this many tickets of the rest in the last seconds (noise ~1/sqrt of it)
 
 @dataclass(frozen=True)
 class GroupingRule:
@@ -593,21 +596,10 @@ class Grouper:
             start = since = m0
         elapsed = ts - start if start is not None else 0.0
         span = max(_span(elapsed, hs, hf), 0.25)
-        lag, fast_total = b.read(ts, since)
+        lag, fast = b.read(ts, since)
         total = sum(lag.values())
-        g_fast = g.fast.at(ts)
-        own = max(0.0, g.slow_at(ts) - g_fast)
-        # Coverage: the lagged counts hold only what has been decided. Behind two enrich workers a flushed backlog
-        # reaches dedup a batch at a time in whichever order they finish, so 10 s of a 50/s stream can be missing
-        # before a ticket (calm 20,000 --workers 2: an ordinary category read as a 4.4x burst). A hole takes every
-        # category alike, so it shows as the stream before the last seconds running below the stream in them (the
-        # group itself left out: a storm raises only its own rate). Where it does, every part is read as the
-        # covered share; a stream that really was quieter before (a ramp-up) only raises the bar a little.
-        cover = 1.0
-        wf = hf / LN2 * (1.0 - 0.5 ** (elapsed / hf)) if elapsed > 0 else 0.0
-        others = fast_total - g_fast
-        if wf > 0 and others > 0 and total < (expect := others / wf * span):
-            cover = max(total / expect, MIN_COVERAGE)
+        own = max(0.0, g.slow_at(ts) - g.fast.at(ts))
+        cover = self._coverage(lag, fast, g.category, elapsed, span)
         parts = {"stream": total / cover / span / max(1.0, _clusters(lag.values())),
                  "category": lag.get(g.category, 0.0) / cover / span,
                  "group": own / cover / max(_span(1e9, hs, hf), 1e-9)}
@@ -615,6 +607,30 @@ class Grouper:
         if cover < 1.0:
             parts["coverage"] = cover
         return base, parts
+
+    def _coverage(self, lag: dict, fast: dict, category: str | None, elapsed: float, span: float) -> float:
+        """The share of the stream before the last few seconds that has been decided (1.0: all of it, or no way to
+        tell). The counts hold only what has been decided: behind two enrich workers a flushed backlog reaches dedup
+        a batch at a time in whichever order they finish, and 10 s of a 50/s stream missing before a ticket read as a
+        quiet stream (calm 20,000 --workers 2: an ordinary category as a 4.4x burst). A gap takes every category
+        alike, so it shows as the categories' counts before the last seconds running below their counts in them.
+        Read over the categories that say nothing about a storm: not the group's own, nor the two busiest of the last
+        seconds (storms beside it, its spill), and only with COVERAGE_TICKETS of them in those seconds (a quiet desk,
+        or a stream just begun, is never corrected). A stream that really was quieter before (a ramp-up) reads as
+        partly uncovered too, which only raises the bar a little while it ramps."""
+        hf = self.rule.rate_halflife_s
+        wf = hf / LN2 * (1.0 - 0.5 ** (elapsed / hf)) if elapsed > 0 else 0.0
+        if wf <= 0:
+            return 1.0
+        rest = {c: v for c, v in fast.items() if c != category}
+        for c in heapq.nlargest(COVERAGE_SKIP, rest, key=rest.get):
+            del rest[c]
+        now = sum(rest.values())
+        if now < COVERAGE_TICKETS:
+            return 1.0
+        before = sum(lag.get(c, 0.0) for c in rest)
+        expect = now / wf * span
+        return 1.0 if before >= expect else max(before / expect, MIN_COVERAGE)
 
     def _storm(self, g: Group, ts: float, lane: bool = False) -> dict:
         """The storm test of g at ts (hysteresis: burst to start, a quiet period to end); returns the trail's part.

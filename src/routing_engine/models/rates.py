@@ -228,17 +228,18 @@ class StreamCounts:
         `since`: only the tickets at or after that second (read from the ring)."""
         return self.read(t, since)[0]
 
-    def read(self, t: float, since: float | None = None) -> tuple[dict[str, float], float]:
-        """lagged_at(t, since), and the fast count of the whole stream as of t (its last few seconds)."""
+    def read(self, t: float, since: float | None = None) -> tuple[dict[str, float], dict[str, float]]:
+        """lagged_at(t, since), and category -> fast count as of t (the last few seconds)."""
         if t >= self.ts and since is None:
             self.decay(t)
             fast = self.fast.get
-            return ({c: d if (d := v - fast(c, 0.0)) > 0.0 else 0.0 for c, v in self.slow.items()},
-                    sum(self.fast.values()))
+            return ({c: d if (d := v - fast(c, 0.0)) > 0.0 else 0.0 for c, v in self.slow.items()}, self.fast)
         slow = self._ring_at(t, self.ring_slow, self.h_slow, since)
         fast = self._ring_at(t, self.ring_fast, self.h_fast, since)
         lag = np.maximum(slow - fast, 0.0)
-        return {self.names[i]: float(lag[i]) for i in np.flatnonzero(slow > 1e-3)}, float(fast.sum())
+        names = self.names
+        return ({names[i]: float(lag[i]) for i in np.flatnonzero(slow > 1e-3)},
+                {names[i]: float(fast[i]) for i in np.flatnonzero(fast > 1e-3)})
 
     def snapshot(self) -> tuple:
         """Everything a replay must reproduce, rounded (tests compare two of these)."""
