@@ -551,9 +551,11 @@ async def test_a_fast_growing_group_ranks_its_tickets_higher_and_its_incident_tr
 
 @pytest.mark.parametrize("with_created", [True, False])
 async def test_a_flushed_backlog_is_judged_by_when_its_tickets_were_created(storm_settings, r, with_created):
-    """A help desk that was down flushes four minutes of ordinary traffic within a second. By arrival every intent
-    bursts at once (the control, without created_at, opens incidents); by the producer's created_at it is the calm
-    stream it was, and opens none."""
+    """A help desk that was down flushes four minutes of ordinary traffic within a second. By the producer's
+    created_at it is the calm stream it was, and opens none. By arrival (the control, without created_at) every
+    intent bursts at once; before the storm test read its baseline as the covered share of the stream that opened
+    incidents, now the whole stream rising together reads as seconds not yet seen (`coverage` on the trail) and the
+    ratios stay under the burst bar."""
     from datetime import UTC, datetime
 
     s, k = storm_settings, Keys(storm_settings.prefix)
@@ -572,4 +574,7 @@ async def test_a_flushed_backlog_is_judged_by_when_its_tickets_were_created(stor
         assert incidents == 0
         assert st.grouper.decisions[msgs[-1].ticket_id].storm["state"] == "off"
     else:
-        assert incidents >= 3
+        assert incidents == 0
+        trails = [st.grouper.decisions[m.ticket_id].storm for m in msgs]
+        covered = [t for t in trails if "coverage" in t]  # the groups' first dozens: read as ~10% seen
+        assert len(covered) > 100 and all(t["coverage"] < 0.5 and t["ratio"] < t["burst"] for t in covered)
