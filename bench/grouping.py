@@ -213,6 +213,8 @@ def main(argv=None) -> int:
     ap.add_argument("--capacity", type=float, default=200.0,
                     help="tickets/s that relative rates ('10x') are of (default 200; bench/flood.py measures it)")
     args = ap.parse_args(argv)
+    if args.workers > 1 and not (args.flush or args.drain):
+        ap.error("--workers needs --flush or --drain")
 
     from routing_engine.models.classifier import load_latest
     from routing_engine.models.data import default_training_data, read_labelled, stratified_split
@@ -261,8 +263,6 @@ def main(argv=None) -> int:
             for seed in args.seed or [0]:
                 order, lanes = drain_order(planned, args.drain) if args.drain or args.flush else (None, set())
                 if args.workers > 1:
-                    if order is None:
-                        raise SystemExit("--workers needs --flush or --drain")
                     order = workers_order(order, lanes, args.workers, args.batch, seed)
                 s = score(planned, replay(planned, vecs, top, rule, order, lanes))
                 report["scenarios"][name][rname if len(args.seed or [0]) == 1 else f"{rname}-seed{seed}"] = s

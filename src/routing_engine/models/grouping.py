@@ -33,6 +33,7 @@ from typing import ClassVar
 import numpy as np
 from scipy.special import pdtrc
 
+from ..domain.urgency import GROWTH_FROM
 from .rates import READ_HALFLIVES, Decayed, StreamCounts
 
 LN2 = math.log(2)
@@ -603,10 +604,10 @@ class Grouper:
                  "category": lag.get(g.category, 0.0) / span,
                  "group": own / max(_span(1e9, hs, hf), 1e-9)}
         base = max(max(parts.values()), 1e-6)
-        # Coverage can only raise the baseline; under 2x it (the calm bar, and where the urgency's growth term
-        # starts) nothing reads the ratio, so its cost (~0.02 ms a ticket on calm 5,000, bench/grouping_speed.py)
-        # is paid only for groups above it.
-        if rate is not None and rate <= min(r.storm_calm, 2.0) * base:
+        # Coverage can only raise the baseline; under the calm bar and where the urgency's growth term starts (2x
+        # both) nothing reads the ratio, so its cost (~0.02 ms a ticket on calm 5,000, bench/grouping_speed.py) is
+        # paid only for groups above them.
+        if rate is not None and rate <= min(r.storm_calm, GROWTH_FROM) * base:
             return base, parts
         cover = self._coverage(lag, fast, g.category, elapsed, span)
         if cover < 1.0:

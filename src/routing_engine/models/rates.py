@@ -229,7 +229,8 @@ class StreamCounts:
         return self.read(t, since)[0]
 
     def read(self, t: float, since: float | None = None) -> tuple[dict[str, float], dict[str, float]]:
-        """lagged_at(t, since), and category -> fast count as of t (the last few seconds)."""
+        """lagged_at(t, since), and category -> fast count as of t (the last few seconds; in time order the live
+        running totals themselves: read them, do not change them)."""
         if t >= self.ts and since is None:
             self.decay(t)
             fast = self.fast.get
