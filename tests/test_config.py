@@ -15,6 +15,7 @@ from routing_engine.config import Settings
     ("ROUTING_ENRICH_RUNNERS", "0", "ROUTING_ENRICH_RUNNERS=0: must be at least 1"),
     ("ROUTING_EMBED_THREADS", "-1", "ROUTING_EMBED_THREADS=-1: must be at least 0"),
     ("ROUTING_BLAS_THREADS", "two", "ROUTING_BLAS_THREADS='two': expected int"),
+    ("ROUTING_STORM_PRIOR", "-2", "ROUTING_STORM_PRIOR=-2.0: must be at least 0.0"),
 ])
 def test_a_bad_setting_is_refused_by_name(monkeypatch, capsys, env, value, says):
     monkeypatch.setenv(env, value)

@@ -83,6 +83,7 @@ class Settings:
     storm_quiet_s: float = field(default=60.0, metadata={"env": "ROUTING_STORM_QUIET_S", "help": "calm this long ends a group's storm state (its incident stays open)"})
     storm_tau_fringe: float = field(default=0.5, metadata={"env": "ROUTING_STORM_TAU_FRINGE", "help": "centroid cosine to an open storm's group under which a bursting group is never that storm's fringe"})
     storm_chance: float = field(default=1e-3, metadata={"env": "ROUTING_STORM_CHANCE", "help": "a burst must be this unlikely as chance (Poisson tail of the group's last seconds at its baseline) to open an incident; 0 = off"})
+    storm_prior: float = field(default=4.0, metadata={"env": "ROUTING_STORM_PRIOR", "help": "while a group is in storm state its category's label counts this many times in a ticket's top labels (a label shift: the storm makes its intent likelier than the classifier's training mix); 1 = off"})
     storm_fringe_ratio: float = field(default=0.1, metadata={"env": "ROUTING_STORM_FRINGE_RATIO", "help": "a bursting group near an open storm growing at under this share of its rate is its fringe: no incident of its own (0 = off)"})
     urgent_threshold: float = field(default=0.8, metadata={"env": "ROUTING_URGENT_THRESHOLD", "help": "S above this sends an alert"})
     alert_url: str = field(default="", metadata={"env": "ROUTING_ALERT_URL", "help": "outbound webhook for alerts (unset = none)"})
@@ -178,4 +179,4 @@ class Settings:
 
 
 # settings a value below which cannot work (a thread count of -1, no enrich loop, an empty batch)
-_AT_LEAST = {"batch_size": 1, "enrich_runners": 1, "embed_threads": 0, "blas_threads": 0}
+_AT_LEAST = {"batch_size": 1, "enrich_runners": 1, "embed_threads": 0, "blas_threads": 0, "storm_prior": 0.0}

@@ -181,9 +181,48 @@ def test_a_rolled_back_batch_leaves_no_trace_and_a_replayed_log_gives_the_same_g
     assert [d.opens for _, d in decided].count(True) == 1
 
 
+def test_a_storm_shifts_the_prior_of_its_intent_and_two_confusable_storms_cancel_out():
+    rule = GroupingRule(tau=0.99, tau_category=0.99, tau_centroid=0.95, tau_centroid_category=0.7, storm_prior=4.0)
+    g = Grouper(rule)
+    s0, s1 = unit(1, 0.1, 0), unit(1, -0.1, 0)
+    g.assign("s0", s0, "transfer_not_received", top("transfer_not_received"), 0, [])
+    g.assign("s1", s1, "transfer_not_received", top("transfer_not_received"), 1, [("s0", float(s0 @ s1))])
+    near = unit(1, 0, 0.9)  # centroid cosine ~0.74: enough only with the group's category as evidence
+    # the classifier filed it under a neighbouring intent, the storm's intent third at p 0.2 (under min_label_p)
+    labels = [("pending_transfer", 0.5), ("balance_not_updated", 0.2), ("transfer_not_received", 0.2)]
+    d = g.assign("t0", near, "pending_transfer", labels, 2, [("s0", 0.7)])
+    assert d.rule == "none" and d.group == "t0"  # no storm: the label is too weak
+    g.groups["s0"].storm = True
+    # in a storm its intent is likelier: 0.2 x 4 = 0.8 beats 0.5, so it joins, saying why
+    d = g.assign("t1", near, "pending_transfer", labels, 3, [("s0", 0.7)])
+    assert d.rule == "centroid_storm_prior" and d.group == "s0"
+    # off, the same ticket does not
+    off = Grouper(replace(rule, storm_prior=1.0))
+    off.assign("s0", s0, "transfer_not_received", top("transfer_not_received"), 0, [])
+    off.assign("s1", s1, "transfer_not_received", top("transfer_not_received"), 1, [("s0", float(s0 @ s1))])
+    off.groups["s0"].storm = True
+    assert off.assign("t1", near, "pending_transfer", labels, 3, [("s0", 0.7)]).rule == "none"
+    # a second storm, of the ticket's own predicted intent, shifts its label alike: 0.5 x 4 beats 0.2 x 4
+    p0, p1 = unit(-1, 0, 0.1), unit(-1, 0, -0.1)  # far from the ticket: it cannot join that storm by cosine
+    g.assign("p0", p0, "pending_transfer", top("pending_transfer"), 4, [])
+    g.assign("p1", p1, "pending_transfer", top("pending_transfer"), 5, [("p0", float(p0 @ p1))])
+    g.groups["p0"].storm = True
+    d = g.assign("t2", near, "pending_transfer", labels, 6, [("s0", 0.7)])
+    assert d.rule == "none" and d.group == "t2"
+
+
 class _Reference(Grouper):
     """The straightforward rule the Grouper's centroid cache must decide exactly like: every candidate group's
     total stacked and compared per ticket, the merge candidates listed one by one (as before the cache)."""
+
+    def _evidence(self, category, top):
+        r = self.rule
+        plain = {lab for lab, p in top[: r.top_labels] if p >= r.min_label_p} | {category}
+        storming = {g.category for g in self._multi() if g.storm}
+        if r.storm_prior <= 1 or not storming:
+            return plain, plain
+        best = max(top, key=lambda lp: lp[1] * (r.storm_prior if lp[0] in storming else 1.0))
+        return plain | {best[0]}, plain
 
     def _best_group(self, vec, evidence, neighbours, category=None):
         r = self.rule
@@ -248,7 +287,7 @@ def _seeded_stream(seed: int, n: int = 1500, dim: int = 24):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_centroid_cache_decides_exactly_as_the_straightforward_rule(seed):
-    rule = GroupingRule(tau_centroid=0.9, tau_centroid_category=0.55, tau_merge=0.65)
+    rule = GroupingRule(tau_centroid=0.9, tau_centroid_category=0.55, tau_merge=0.65, storm_prior=4.0)
     stream = _seeded_stream(seed)
     fast, ref = Grouper(rule, incident_k=10), _Reference(rule, incident_k=10)
     seen: list = []

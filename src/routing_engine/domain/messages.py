@@ -74,7 +74,7 @@ class Grouping:
     score: float  # the cosine that decided: to the group's centroid or to the neighbour (-1: the window was empty)
     group: str  # group id = id of the group's first ticket (the surviving group when this ticket caused a merge)
     joined: bool
-    rule: str  # centroid | centroid_category | tau | tau_category | none (it starts a group)
+    rule: str  # centroid | centroid_category | centroid_storm_prior | tau | tau_category | none (it starts a group)
     tau: float
     tau_category: float
     window_s: int

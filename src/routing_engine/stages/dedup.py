@@ -49,7 +49,8 @@ def rule_of(settings) -> GroupingRule:
     return GroupingRule(tau=s.dedup_tau, tau_category=s.dedup_tau_category, tau_centroid=s.dedup_tau_centroid,
                         tau_centroid_category=s.dedup_tau_centroid_category, tau_merge=s.dedup_tau_merge,
                         storm_burst=s.storm_burst, storm_calm=s.storm_calm, storm_quiet_s=s.storm_quiet_s,
-                        tau_fringe=s.storm_tau_fringe, fringe_ratio=s.storm_fringe_ratio, storm_chance=s.storm_chance)
+                        tau_fringe=s.storm_tau_fringe, fringe_ratio=s.storm_fringe_ratio, storm_chance=s.storm_chance,
+                        storm_prior=s.storm_prior)
 
 
 BACKDATE_MAX_S = 3600  # created_at older than this (or the window, when longer) is not believed for rates
