@@ -157,7 +157,7 @@ async def test_storm_becomes_one_master_incident_with_one_alert(settings, r):
             lone = await (await p.client.get(f"/v1/tickets/{other['ticket_id']}")).json()
             assert lone["group"] == other["ticket_id"] and lone["incident"] is False
             recs = [await (await p.client.get(f"/v1/tickets/{t}")).json() for t in ids]
-            rules = ("centroid", "centroid_category", "tau", "tau_category")
+            rules = ("centroid", "centroid_category", "centroid_storm_prior", "tau", "tau_category")
             assert all(x["dedup"]["joined"] and x["dedup"]["rule"] in rules for x in recs[1:])
             assert [x["incident"] for x in recs] == [False] * 9 + [True] * 3
             # children after the master was assigned attach to its assignee, taking no extra slot
