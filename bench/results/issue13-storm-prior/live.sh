@@ -10,7 +10,8 @@ run() {
   .venv/bin/python bench/flood.py "$@" --no-baseline --json $out/$name.json 2>&1 | grep -av '^2026\|^{\|routed:' > $out/$name.log
   grep -a "throughput\|latency ms\|incidents  \|lost\|storm-\|pairs\|background" $out/$name.log | sed "s/^/$name /" | cut -c1-250
 }
+# EXTRA: more flood.py arguments, e.g. EXTRA="--capacity 200" for overload (its rates are relative)
 for sc in "$@"; do
-  PYTHONPATH=/tmp/before/src run before-$sc --scenario $sc
-  run after-$sc --scenario $sc
+  PYTHONPATH=/tmp/before/src run before-$sc --scenario $sc $EXTRA
+  run after-$sc --scenario $sc $EXTRA
 done
