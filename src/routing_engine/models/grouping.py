@@ -301,19 +301,12 @@ class _Centroids:
         self.live = np.zeros(0, dtype=bool)
         self.storm = np.zeros(0, dtype=bool)  # in storm state
         self.codes: dict[str | None, int] = {None: -1}
-        self._names: dict[int, str | None] = {}
 
     def code(self, category: str | None) -> int:
         c = self.codes.get(category)
         if c is None:
             c = self.codes[category] = len(self.codes) - 1
         return c
-
-    def names(self) -> dict[int, str | None]:
-        """Category code -> name."""
-        if len(self._names) != len(self.codes):
-            self._names = {c: name for name, c in self.codes.items()}
-        return self._names
 
     def _grow(self, dim: int) -> None:
         cap = max(64, 2 * len(self.gid_of))
@@ -529,9 +522,8 @@ class Grouper:
         rows = np.flatnonzero(cache.storm[: cache.hi] & cache.live[: cache.hi])
         if not len(rows):
             return plain, plain
-        names = cache.names()
-        storming = {names[c] for c in set(cache.cat[rows].tolist()) if c >= 0}
-        mass = [p * (r.storm_prior if lab in storming else 1.0) for lab, p in top]
+        storming = set(cache.cat[rows].tolist()) - {-1}  # category codes of groups in storm state
+        mass = [p * (r.storm_prior if cache.codes.get(lab, -1) in storming else 1.0) for lab, p in top]
         return plain | {top[int(np.argmax(mass))][0]}, plain
 
     def _best_group(self, vec: np.ndarray, evidence: set[str], neighbours: list[tuple[str, float]],
