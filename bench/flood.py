@@ -582,9 +582,11 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
     urgent_lat: list[int] = []
     urgent_set: set[str] = set()
     single_lat: list[int] = []  # urgent by the score and not a member of an incident when grouped
+    single_rows: list[dict] = []  # the same tickets' rows: where they waited, stage by stage
     lane_lat: list[int] = []  # came to the route stage on the urgent lane
     door_lat: list[int] = []  # came in on the urgent ingest lane (the text read urgent) and not an incident member
     bg_lat: list[int] = []  # urgent by the score and, by the scenario's truth, in no storm
+    bg_rows: list[dict] = []
     lanes = {"enrich_urgent": 0, "enrich_demoted": 0, "route_urgent": 0}
     breaker_fields = Counter()
     late_at: list[int] = []  # when each escalation answered later than the budget became late (epoch ms)
@@ -623,8 +625,10 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
                 urgent_set.add(tid)
                 if h["incident"] != "1":
                     single_lat.append(row["latency"])
+                    single_rows.append(row)
                 if tid in truth and not truth[tid]["storm"]:
                     bg_lat.append(row["latency"])
+                    bg_rows.append(row)
             if dedup.get("lane") == "urgent":
                 lane_lat.append(row["latency"])
             if enrich.get("ingest_lane") == "urgent" and h["incident"] != "1":
@@ -707,6 +711,8 @@ def build_report(scenario, planned: list, got: dict, samples: list[dict], opts: 
         },
         "lanes": lanes,
         "stages_ms": fr.stage_summary(recs),
+        "stages_ms_urgent_single": fr.stage_summary(single_rows),
+        "stages_ms_urgent_background": fr.stage_summary(bg_rows),
         "lag": {"max_backlog": {g: max((s["stages"].get(g, 0) for s in samples), default=0)
                                 for g in (samples[0]["stages"] if samples else {})},
                 "samples": [{k2: s[k2] for k2 in ("t", "stages", "backlog", "routed", "published")}

@@ -240,6 +240,11 @@ def table(rep: dict) -> str:
                                   f"{_f(lat['urgent_during_storms_p99'])} (n={lat['urgent_during_storms_n']})"),
         ("per stage p50/p95 ms", "  ".join(f"{k} {_f(st[k]['p50'], '{:.0f}')}/{_f(st[k]['p95'], '{:.0f}')}"
                                            for k in ("queue_wait", "enrich", "dedup", "route"))),
+        *[(f"  {what}, p50/p95 ms", "  ".join(f"{k} {_f(su[k]['p50'], '{:.0f}')}/{_f(su[k]['p95'], '{:.0f}')}"
+                                             for k in ("queue_wait", "enrich", "dedup", "route")))
+          for what, su in (("urgent singles", rep.get("stages_ms_urgent_single")),
+                           ("urgent in no storm", rep.get("stages_ms_urgent_background")))
+          if su and su["total"]["p50"] is not None],
         *[(f"  {stage} steps, mean ms/batch", "  ".join(f"{k} {v['mean_ms']:.1f}" for k, v in d["steps"].items()))
           for stage, d in (rep.get("steps") or {}).items() if stage == "enrich"],
         *[(f"  {stage} steps, mean ms/batch", "  ".join(f"{k} {v['mean_ms']:.1f}" for k, v in d["steps"].items()

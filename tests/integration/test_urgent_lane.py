@@ -207,3 +207,66 @@ async def _nothing_pending(r, pairs):
         if next(g for g in await r.xinfo_groups(stream) if g["name"].decode() == group)["pending"]:
             return False
     return True
+
+
+SINGLES = [
+    {"subject": "URGENT: my transfer never arrived", "body": "I sent money to my landlord 3 days ago and he still has "
+                                                            "nothing, I need this fixed immediately!!"},
+    {"subject": "URGENT: ATM kept my money", "body": "The cash machine took my card and did not give me the cash, "
+                                                      "help right now please!!"},
+]
+
+
+async def test_a_burst_in_the_urgent_ingest_lane_is_handed_to_the_main_loop_before_its_incident_opens(settings, r):
+    """No incident is open yet, and the urgent ingest lane holds a storm whose texts read urgent (one n-gram category,
+    many tickets) beside two urgent singles: one lane read keeps the storm's first K (enough for dedup to open the
+    incident) and the singles, and hands the rest of the storm to the main loop, so the singles do not wait behind
+    it. Every ticket is classified once and nothing stays pending."""
+    from routing_engine.metrics import LANE_HANDED
+    from routing_engine.models.classifier import Classifier, latest_model
+
+    k = Keys(settings.prefix)
+    cap = settings.incident_k
+    storm = [f"storm-{i}" for i in range(3 * cap)]
+    singles = [f"single-{i}" for i in range(len(SINGLES))]
+    clf = Classifier.load(latest_model(settings.models_path))
+    cat = lambda t: clf.labels[int(clf.lexical.logits([f"{t['subject']}\n{t['body']}"]).argmax())]  # noqa: E731
+    assert len({cat(URGENT_TEXT), *map(cat, SINGLES)}) == 1 + len(SINGLES)  # three n-gram categories
+    # the door only: the whole burst waits in the lane before enrich starts, so one lane read sees all of it
+    async with InProcessPipeline(settings, r, stages=()) as p:
+        body = [{"id": t, **URGENT_TEXT} for t in storm[:cap + 2]] + [{"id": t, **x} for t, x in zip(singles, SINGLES)]
+        body += [{"id": t, **URGENT_TEXT} for t in storm[cap + 2:]]
+        resp = await p.client.post("/v1/tickets/batch", json=body)
+        assert resp.status == 202
+    assert await r.xlen(k.ingest_urgent) == len(storm) + len(singles)  # every one read urgent at the door
+    handed = LANE_HANDED.labels("enrich")
+    before = handed._value.get()
+    async with InProcessPipeline(settings, r, stages=("enrich",)):
+        await wait_for(_all_have(r, k, storm + singles, "enrich"), timeout=90)
+        await wait_for(lambda: _nothing_pending(r, [(k.ingest_urgent, "enrich")]), timeout=30)
+    assert handed._value.get() - before == len(storm) - cap  # the storm past its first K; no single
+    out = await ids_on(r, k.enriched) + await ids_on(r, k.enriched_urgent)
+    assert sorted(out) == sorted(storm + singles)  # each once
+
+
+async def test_dedup_decides_an_urgent_batch_between_slices_of_a_full_batch(settings, r):
+    """A full batch in dedup is decided in slices of DECIDE_SLICE, the stage's lock released between them: an urgent
+    ticket arriving while a batch of 1,024 is being decided is decided before most of that batch, not after it."""
+    from routing_engine.stages.dedup import DECIDE_SLICE
+
+    k = Keys(settings.prefix)
+    s = dataclasses.replace(settings, batch_size=1024)
+    backlog = random_backlog(1024, seed=5)
+    hot = enriched("hot", np.random.default_rng(98).normal(size=DIM), "hot-cat", urgent=True)
+    await xadd_all(r, k.enriched, backlog)
+    ids = [m.ticket_id for m in backlog] + ["hot"]
+    async with InProcessPipeline(s, r, stages=("dedup",)):
+        async def first_slice_committed():
+            return int(await r.get(k.dedup_seq) or 0) >= 1
+        await wait_for(first_slice_committed, timeout=60, interval=0.005)
+        await xadd_all(r, k.enriched_urgent, [hot])  # while the rest of the 1,024 are being decided
+        await wait_for(_all_have(r, k, ids, "grouped_seq"), timeout=60)
+    seq = {t: int(v) for t, v in (await field_of(r, k, ids, "grouped_seq")).items()}
+    after_hot = sum(seq[m.ticket_id] > seq["hot"] for m in backlog)
+    assert after_hot >= DECIDE_SLICE, (seq["hot"], after_hot)  # not behind the whole batch (it was one read)
+    assert len(set(seq.values())) == len(ids)  # one decision each

@@ -15,7 +15,7 @@ from routing_engine.models.data import read_labelled
 from routing_engine.models.embedder import pipeline_embedder
 from routing_engine.models.minilm import Embedder
 
-from fixtures import FIXTURE
+from fixtures import FIXTURE, overtakes
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +150,9 @@ def test_cosine_bound_is_enforced():
     assert not onnx_minilm.cosine_check(tilted, a, 0.99)["passed"]
     tilted[0] = np.array([0.8, 0.6, 0, 0], dtype=np.float32)  # one row under the floor fails however high the mean
     assert not onnx_minilm.cosine_check(tilted, a, 0.9)["passed"]
+
+
+def test_an_urgent_encode_overtakes_a_full_batch_in_progress(built):
+    """The enrich urgent lane's encode_now goes before the next run of a full batch (models/gate.py)."""
+    _, path = built
+    overtakes(onnx_minilm.OnnxEmbedder(path, threads=2))

@@ -1,5 +1,6 @@
 """Where the urgent tickets of no storm waited, per ticket, in a flood run kept with --keep-keys:
-    python bench/results/issue13-storm-prior/urgent_parts.py <prefix>   (reads bench/out/flood-overload-truth.jsonl)
+    python bench/results/issue13-storm-prior/urgent_parts.py <prefix> [scenario]
+(reads bench/out/flood-<scenario>-truth.jsonl; scenario defaults to overload)
 q: received -> enrich started, en: enrich, de: enrich done -> dedup done, ro: dedup done -> routed (ms)."""
 
 import json
@@ -9,7 +10,7 @@ import redis
 
 prefix = sys.argv[1]
 truth = {}
-with open("bench/out/flood-overload-truth.jsonl") as f:
+with open("bench/out/flood-" + (sys.argv[2] if len(sys.argv) > 2 else "overload") + "-truth.jsonl") as f:
     for line in f:
         t = json.loads(line)
         truth[t["id"]] = t

@@ -61,7 +61,7 @@ SUSPECT_DELIVERIES = 2
 # A priority lane (an urgent stream: infra.keys.STAGE_INPUTS) is read in batches of at most this many entries, in a
 # loop of its own beside the main stream's: an urgent batch takes tens of milliseconds where a full batch under
 # load takes hundreds, and it never waits for the main stream's batch in work.
-LANE_BATCH = 8
+LANE_BATCH = 64
 # A lane whose stage triages (Stage.triage) is read this many entries at a time: the entries that are not urgent
 # singles after all (a storm's members, once its incident is open) are handed to the main stream's loop at once,
 # so a storm that reads urgent at the door does not queue the urgent singles behind it.

@@ -15,13 +15,13 @@ import contextlib
 import json
 import os
 import platform
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .artifacts import created_now, new_version, publish_dir, sha256_of
+from .gate import PriorityGate
 from .minilm import default_model_path
 
 ONNX_DIRNAME = "onnx-minilm"
@@ -251,9 +251,10 @@ class OnnxEmbedder:
         self.max_len = int(self.meta.get("max_seq_length") or 256)
         self._tok.enable_truncation(self.max_len)
         self._tok.no_padding()
-        # one run at a time when a run uses several threads (two would fight over the cores); with one thread each run
-        # computes on its caller's thread alone, so callers on other threads (ROUTING_ENRICH_RUNNERS) run side by side
-        self._lock = threading.Lock() if self.threads > 1 else contextlib.nullcontext()
+        # one run at a time when a run uses several threads (two would fight over the cores), urgent callers first
+        # (models/gate.py); with one thread each run computes on its caller's thread alone, so callers on other
+        # threads (ROUTING_ENRICH_RUNNERS) run side by side
+        self._gate = PriorityGate() if self.threads > 1 else None
         if verify:
             self._verify_probes()
 
@@ -270,30 +271,35 @@ class OnnxEmbedder:
                                f"{check['mean_cosine']}, min {check['min_cosine']}")
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self._encode(texts, self._lock)
+        return self._encode(texts, urgent=False)
 
     def encode_now(self, texts: list[str]) -> np.ndarray:
-        """`encode` without waiting for a run in progress (the session runs concurrently; both share the cores):
-        for a few urgent texts that must not wait behind a full batch."""
-        return self._encode(texts, contextlib.nullcontext())
+        """`encode` for an urgent lane's batch, which must not wait for a full batch in progress. Fewer texts than
+        one run start at once beside the run in progress (both share the cores); a run's worth or more waits for the
+        run in progress and then goes before the full batch's next run, with the cores to itself (models/gate.py).
+        `python bench/lane_embed.py` measures both ways per batch size."""
+        return self._encode(texts, urgent=True)
 
-    def _encode(self, texts: list[str], lock) -> np.ndarray:
+    def _encode(self, texts: list[str], urgent: bool, gated: bool | None = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if gated is None:
+            gated = not urgent or len(texts) >= self.batch_size
+        gate = self._gate if gated else None
         encs = self._tok.encode_batch([str(t) for t in texts])
         lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
         order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding per run
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        with lock:
-            for i in range(0, len(order), self.batch_size):
-                idx = order[i:i + self.batch_size]
-                width = int(lengths[idx].max())
-                ids = np.zeros((len(idx), width), dtype=np.int64)
-                mask = np.zeros((len(idx), width), dtype=np.int64)
-                for row, j in enumerate(idx):
-                    n = int(lengths[j])
-                    ids[row, :n] = encs[j].ids
-                    mask[row, :n] = 1
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i:i + self.batch_size]
+            width = int(lengths[idx].max())
+            ids = np.zeros((len(idx), width), dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, j in enumerate(idx):
+                n = int(lengths[j])
+                ids[row, :n] = encs[j].ids
+                mask[row, :n] = 1
+            with gate.hold(urgent) if gate else contextlib.nullcontext():
                 out[idx] = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
                                                     "token_type_ids": np.zeros_like(ids)})[0]
         return out

@@ -42,6 +42,7 @@ log = structlog.get_logger("dedup")
 NEIGHBOURS = 8  # candidates per ticket: the nearest may be in another category, the next one not
 LOG_MARGIN_S = 60  # the decision log keeps the window plus this (a worker starting reads the window back)
 MAX_TRIES = 50  # a batch decided again this often without committing (others kept committing first) fails
+DECIDE_SLICE = 128  # tickets decided under one hold of the lock the urgent lane's loop shares
 
 
 def rule_of(settings) -> GroupingRule:
@@ -192,8 +193,13 @@ class DedupStage(Stage):
         return decisions
 
     async def process(self, entries: list[Entry]) -> list[Outcome]:
-        async with self._deciding:
-            return await self._process(entries)
+        # a full batch is decided (and committed to the decision log) in slices, the lock released between them, so
+        # the urgent lane's batch waits for one slice, not for a whole batch of 512 (~0.5-1 s on 2 loaded cores)
+        outcomes: list[Outcome] = []
+        for i in range(0, len(entries), DECIDE_SLICE):
+            async with self._deciding:
+                outcomes += await self._process(entries[i:i + DECIDE_SLICE])
+        return outcomes
 
     def _output(self, msg: Enriched, incident: int) -> tuple[str, str]:
         """(stream, lane) for route: the urgent lane holds urgent tickets that are not members of an open incident
