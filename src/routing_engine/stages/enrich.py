@@ -203,8 +203,8 @@ class EnrichStage(Stage):
 
     def _infer(self, clf: Classifier, texts: list[str], urgent: bool = False):
         """Embed and classify one batch (in a worker thread); steps gets the seconds of each part. An urgent-lane
-        batch (a few texts) does not wait for the main stream's batch to finish embedding, where the embedder
-        allows it (`encode_now`: int8 ONNX Runtime)."""
+        batch does not wait for the main stream's batch to finish embedding (`encode_now`: it goes before that
+        batch's next run, or beside the run in progress; models/gate.py)."""
         steps: dict[str, float] = {}
         t0 = time.perf_counter()
         encode = (getattr(self.embedder, "encode_now", None) if urgent else None) or self.embedder.encode
@@ -224,7 +224,7 @@ class EnrichStage(Stage):
         clf = self.classifier  # one model for the whole batch, even if a reload lands meanwhile
         policy = clf.policy
         tickets: list[Ticket] = [e.value for e in entries]
-        lane = len(entries) <= LANE_BATCH and all(e.stream == self.keys.ingest_urgent for e in entries)
+        lane = len(entries) <= LANE_BATCH and all(e.stream == self.keys.ingest_urgent and not e.handed for e in entries)
         emb, preds, sims, steps = await asyncio.to_thread(self._infer, clf, [t.text for t in tickets], lane)
         embed_ms = steps["embed"] * 1000
         clf_ms = sum(v for k, v in steps.items() if k != "embed") * 1000
