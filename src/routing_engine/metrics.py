@@ -27,6 +27,9 @@ LANE_ENTRIES = Counter("routing_stage_lane_entries_total",
                        "Entries a stage read from its urgent lane (priority loop)", ["stage"])
 LANE_HANDED = Counter("routing_stage_lane_handed_total",
                       "Urgent-lane entries the stage's triage handed to its main loop (a storm's members)", ["stage"])
+LANE_WAITING = Gauge("routing_stage_lane_waiting",
+                     "Urgent-lane entries read and waiting behind the lane's next batch (a burst before its incident)",
+                     ["stage"])
 HTTP_TICKETS = Counter("routing_http_tickets_total", "Tickets over HTTP, by result", ["result"])
 ALERTS = Counter("routing_alerts_total", "Outbound alerts, by result", ["result"])
 MODEL_INFO = Gauge("routing_model_info", "Loaded classifier version", ["version"])

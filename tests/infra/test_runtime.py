@@ -330,3 +330,129 @@ def test_a_serving_process_runs_blas_on_the_threads_it_is_given():
     assert got[1] == "[1]"
     if (os.cpu_count() or 1) > 1:  # the libraries' default is one thread per core
         assert got[0] != "[1]", got
+
+
+class Triaging(Stage):
+    """Triages its urgent lane by each entry's `cat` field: a category in `open` is handed to the main loop, past
+    the first two of a category in what waits it comes later; process() pushes each id with the loop that ran it."""
+
+    name = "route"  # reads {prefix}:deduped:urgent (its urgent lane) and {prefix}:deduped
+
+    def __init__(self, settings, keys, consumer: str = "w1", slow_s: float = 0.0):
+        super().__init__(settings, keys)
+        self.open: set[str] = set()
+        self.consumer, self.slow_s = consumer, slow_s
+        self.lane_batches: list[list[str]] = []
+        self.triaged = 0
+
+    async def setup(self, ctx):
+        pass
+
+    def decode(self, entry):
+        return entry.fields[b"n"].decode()
+
+    async def triage(self, entries):
+        from routing_engine.infra.runtime import Triage
+
+        self.triaged += 1
+        verdict, seen = Triage(), {}
+        for e in entries:
+            if e.mark is None:
+                e.mark = e.fields[b"cat"].decode()
+            seen[e.mark] = seen.get(e.mark, 0) + 1
+            if e.mark in self.open:
+                verdict.hand.append(e)
+            elif seen[e.mark] > 2:
+                verdict.later.append(e)
+        return verdict
+
+    async def process(self, entries):
+        lane = all(e.stream == self.keys.deduped_urgent and not e.handed for e in entries)
+        if lane:
+            self.lane_batches.append([e.value for e in entries])
+            if self.slow_s:
+                await asyncio.sleep(self.slow_s)
+        where = "lane" if lane else "main"
+        return [Outcome(e, writes=[Write.cmd("RPUSH", f"{self.keys.base}:order", f"{e.value}@{where}@{self.consumer}")])
+                for e in entries]
+
+
+async def _order(r, k) -> list[tuple[str, str, str]]:
+    return [tuple(x.decode().split("@")) for x in await r.lrange(f"{k.base}:order", 0, -1)]
+
+
+async def test_a_lane_runs_its_singles_first_and_hands_what_waits_once_triage_says_so(settings, r):
+    """A burst in the urgent lane (one category, more than a lane batch) with singles behind it: the lane's first
+    batch holds the burst's first two and the singles, the rest waits in the lane for later batches; once the
+    stage's triage says the burst's category is not urgent work (an incident opened while that batch ran), what
+    still waits is handed to the main loop at the next turn. Each entry runs once; nothing stays pending."""
+    from routing_engine.infra.runtime import LANE_BATCH
+    from routing_engine.metrics import LANE_HANDED
+
+    k = Keys(settings.prefix)
+    stage = Triaging(settings, k)
+    lane = min(LANE_BATCH, settings.batch_size)  # the lane's batch
+    burst = [f"b{i}" for i in range(lane + 40)]
+    for n in burst:
+        await r.xadd(k.deduped_urgent, {"n": n, "cat": "storm"})
+    for n in ("s0", "s1"):
+        await r.xadd(k.deduped_urgent, {"n": n, "cat": f"cat-{n}"})
+    process = stage.process
+
+    async def opening(entries):
+        out = await process(entries)
+        stage.open.add("storm")  # the first lane batch opened the burst's incident
+        return out
+
+    stage.process = opening
+    handed = LANE_HANDED.labels("route")
+    before = handed._value.get()
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_stages(r, [stage], "w1", stop))
+    try:
+        await wait_for(lambda: _all_pushed(r, k, len(burst) + 2), timeout=20)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    order = await _order(r, k)
+    assert sorted(n for n, _, _ in order) == sorted(burst + ["s0", "s1"])  # each once
+    assert stage.lane_batches[0] == burst[:2] + ["s0", "s1"] + burst[2:lane - 2]
+    assert len(stage.lane_batches) == 1  # the rest of the burst: the main loop's, handed at the next turn
+    assert [n for n, where, _ in order if where == "main"] == burst[lane - 2:]
+    assert handed._value.get() - before == len(burst) - (lane - 2)
+    info = next(g for g in await r.xinfo_groups(k.deduped_urgent) if g["name"] == b"route")
+    assert info["pending"] == 0 and info["lag"] == 0
+
+
+async def test_entries_waiting_in_a_lane_are_not_reclaimed_by_another_worker(settings, r):
+    """What a lane read and keeps for later batches stays pending under its consumer, idle as far as Redis can tell:
+    the runner touches it (XCLAIM JUSTID to itself) so a second worker's reclaim, due every 100 ms and taking entries
+    idle 400 ms, never takes it while the lane works through ~1 s of batches. Each entry runs once, by one worker."""
+    from dataclasses import replace
+
+    from routing_engine.infra.runtime import LANE_BATCH
+    from routing_engine.metrics import RECLAIMED
+
+    k = Keys(settings.prefix)
+    s = replace(settings, claim_idle_ms=400, claim_every_ms=100)
+    lane = min(LANE_BATCH, settings.batch_size)
+    ids = [f"b{i}" for i in range(3 * lane - 10)]  # three lane batches, 0.35 s each
+    for n in ids:
+        await r.xadd(k.deduped_urgent, {"n": n, "cat": "storm"})
+    stages = [Triaging(s, k, consumer=c, slow_s=0.35) for c in ("w1", "w2")]
+    reclaimed = RECLAIMED.labels("route")
+    before = reclaimed._value.get()
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(run_stages(r, [st], st.consumer, stop)) for st in stages]
+    try:
+        await wait_for(lambda: _all_pushed(r, k, len(ids)), timeout=20)
+        await asyncio.sleep(0.5)  # a reclaim that took a waiting entry would run it again meanwhile
+    finally:
+        stop.set()
+        await asyncio.gather(*(asyncio.wait_for(t, 10) for t in tasks))
+    order = await _order(r, k)
+    assert sorted(n for n, _, _ in order) == sorted(ids)  # each once
+    assert len({c for _, _, c in order}) == 1  # all by the worker whose lane read them
+    assert reclaimed._value.get() == before
+    assert sum(len(b) for st in stages for b in st.lane_batches) == len(ids)
+    assert max(len(st.lane_batches) for st in stages) == 3

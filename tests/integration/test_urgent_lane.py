@@ -217,25 +217,26 @@ SINGLES = [
 ]
 
 
-async def test_a_burst_in_the_urgent_ingest_lane_is_handed_to_the_main_loop_before_its_incident_opens(settings, r):
+async def test_a_burst_in_the_urgent_ingest_lane_comes_after_its_singles_and_stays_in_the_lane(settings, r):
     """No incident is open yet, and the urgent ingest lane holds a storm whose texts read urgent (one n-gram category,
-    many tickets) beside two urgent singles: one lane read keeps the storm's first K (enough for dedup to open the
-    incident) and the singles, and hands the rest of the storm to the main loop, so the singles do not wait behind
-    it. Every ticket is classified once and nothing stays pending."""
+    more tickets than one lane batch) with two urgent singles behind it: the lane's first batch holds the storm's
+    first K (enough for dedup to open the incident) and the singles, and the rest of the storm comes after them,
+    still through the lane (the storm test sees the storm as it arrives): nothing is handed to the main loop, each
+    ticket is classified once and nothing stays pending."""
+    from routing_engine.infra.runtime import LANE_BATCH
     from routing_engine.metrics import LANE_HANDED
     from routing_engine.models.classifier import Classifier, latest_model
 
     k = Keys(settings.prefix)
     cap = settings.incident_k
-    storm = [f"storm-{i}" for i in range(3 * cap)]
+    storm = [f"storm-{i}" for i in range(LANE_BATCH + 2 * cap)]
     singles = [f"single-{i}" for i in range(len(SINGLES))]
     clf = Classifier.load(latest_model(settings.models_path))
     cat = lambda t: clf.labels[int(clf.lexical.logits([f"{t['subject']}\n{t['body']}"]).argmax())]  # noqa: E731
     assert len({cat(URGENT_TEXT), *map(cat, SINGLES)}) == 1 + len(SINGLES)  # three n-gram categories
-    # the door only: the whole burst waits in the lane before enrich starts, so one lane read sees all of it
+    # the door only: the whole burst waits in the lane before enrich starts, the singles behind all of it
     async with InProcessPipeline(settings, r, stages=()) as p:
-        body = [{"id": t, **URGENT_TEXT} for t in storm[:cap + 2]] + [{"id": t, **x} for t, x in zip(singles, SINGLES)]
-        body += [{"id": t, **URGENT_TEXT} for t in storm[cap + 2:]]
+        body = [{"id": t, **URGENT_TEXT} for t in storm] + [{"id": t, **x} for t, x in zip(singles, SINGLES)]
         resp = await p.client.post("/v1/tickets/batch", json=body)
         assert resp.status == 202
     assert await r.xlen(k.ingest_urgent) == len(storm) + len(singles)  # every one read urgent at the door
@@ -244,9 +245,14 @@ async def test_a_burst_in_the_urgent_ingest_lane_is_handed_to_the_main_loop_befo
     async with InProcessPipeline(settings, r, stages=("enrich",)):
         await wait_for(_all_have(r, k, storm + singles, "enrich"), timeout=90)
         await wait_for(lambda: _nothing_pending(r, [(k.ingest_urgent, "enrich")]), timeout=30)
-    assert handed._value.get() - before == len(storm) - cap  # the storm past its first K; no single
-    out = await ids_on(r, k.enriched) + await ids_on(r, k.enriched_urgent)
+    assert handed._value.get() - before == 0
+    assert await ids_on(r, k.enriched) == []  # all through the lane
+    out = await ids_on(r, k.enriched_urgent)
     assert sorted(out) == sorted(storm + singles)  # each once
+    # the lane's first batch: the storm's first K and both singles, then the rest of the storm in arrival order
+    first = out[:LANE_BATCH]
+    assert set(storm[:cap]) | set(singles) <= set(first)
+    assert out[LANE_BATCH:] == [t for t in storm[cap:] if t not in first]
 
 
 async def test_dedup_decides_an_urgent_batch_between_slices_of_a_full_batch(settings, r):

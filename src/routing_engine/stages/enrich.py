@@ -24,7 +24,7 @@ from ..domain.idempotency import body_hash, canonical_json
 from ..domain.messages import Enriched, received_at_of
 from ..domain.ticket import Ticket, from_stream_entry
 from ..infra.breaker import Breaker
-from ..infra.runtime import LANE_BATCH, Entry, Outcome, Stage, StageContext
+from ..infra.runtime import LANE_BATCH, Entry, Outcome, Stage, StageContext, Triage
 from ..infra.scripts import now_ms
 from ..metrics import ENTRIES, MODEL_INFO, observe_steps
 from ..models import cascade
@@ -162,39 +162,43 @@ class EnrichStage(Stage):
                 open_.setdefault(cat, g)
         self._open_categories, self._incidents_at = open_, time.monotonic()
 
-    async def triage(self, entries: list[Entry]) -> list[Entry]:
-        """Tickets read from the urgent ingest lane (chosen at the door from the text alone) that are most likely
-        members of a storm, not urgent singles: the n-gram model alone (well under a millisecond a ticket, no
-        embedding) puts them in an open incident's category, or in a category with more than `incident_k` tickets in
-        this one read — a burst in the lane itself, i.e. a storm whose incident is not open yet: its first
-        `incident_k` stay (enough for dedup to open the incident at once), the rest go with the main loop's batches.
-        So a storm whose texts read urgent does not queue the urgent singles behind it in the lane, before its
-        incident opens as well as after (overload: a storm reading urgent at the door sent ~260 tickets/s into the
-        lane before its incident opened; singles behind them waited up to 1.25 s before enrich started)."""
+    async def triage(self, entries: list[Entry]) -> Triage | None:
+        """Tickets of the urgent ingest lane (chosen at the door from the text alone) that are most likely members
+        of a storm, not urgent singles, by the n-gram model alone (well under a millisecond a ticket, no embedding):
+        those in an open incident's category are handed to the main loop (members, not urgent work); past the first
+        `incident_k` of a category with more than that many waiting in the lane (a storm whose incident is not open
+        yet) they come `later`, after the singles, still in the lane: the storm test sees the storm from the lane as
+        it arrives and opens the incident, while a single waits for one lane batch, not for the burst (overload: a
+        storm reading urgent at the door sent ~260 tickets/s into the lane; singles behind it waited up to 1.25 s)."""
         clf = self.classifier
         if clf is None or clf.lexical is None:
-            return []
+            return None
         cap = max(1, self.settings.incident_k)
         incidents = await self._open_incidents()
         if not incidents and len(entries) <= cap:
-            return []
-        readable, texts = [], []
+            return None
+        fresh, texts = [], []
         for e in entries:
-            try:
-                texts.append(self.decode(e).text)
-                readable.append(e)
-            except Exception:  # the lane's own batch dead-letters it with the reason
+            if e.mark is None:
+                try:
+                    texts.append(self.decode(e).text)
+                    fresh.append(e)
+                except Exception:  # the lane's own batch dead-letters it with the reason
+                    continue
+        if texts:
+            z = await asyncio.to_thread(clf.lexical.logits, texts)
+            for e, i in zip(fresh, z.argmax(axis=1)):
+                e.mark = clf.labels[int(i)]
+        verdict, seen = Triage(), collections.Counter()
+        for e in entries:
+            if e.mark is None:
                 continue
-        if not texts:
-            return []
-        z = await asyncio.to_thread(clf.lexical.logits, texts)
-        handed, seen = [], collections.Counter()
-        for e, i in zip(readable, z.argmax(axis=1)):
-            label = clf.labels[int(i)]
-            seen[label] += 1
-            if label in incidents or seen[label] > cap:
-                handed.append(e)
-        return handed
+            seen[e.mark] += 1
+            if e.mark in incidents:
+                verdict.hand.append(e)
+            elif seen[e.mark] > cap:
+                verdict.later.append(e)
+        return verdict
 
     def decode(self, entry: Entry) -> Ticket:
         # ids derived from entry ids must not collide across the two lanes
