@@ -124,6 +124,7 @@ def replay(planned: list, vecs: np.ndarray, top: list[list[tuple[str, float]]], 
     opened: dict[str, float] = {}  # group -> when it reached K (seconds into the scenario)
     opening: dict[str, dict] = {}  # group -> the storm test of the ticket that opened its incident
     decisions = Counter()
+    how: dict[str, tuple[str, str]] = {}  # ticket -> (the rule that placed it, its predicted category)
     for i in (order if order is not None else range(len(planned))):
         p = planned[i]
         nbrs: list[tuple[str, float]] = []
@@ -135,6 +136,7 @@ def replay(planned: list, vecs: np.ndarray, top: list[list[tuple[str, float]]], 
             nbrs = [(ids[win[j]], float(sims[j])) for j in idx]
         d = g.assign(p.ticket["id"], vecs[i], top[i][0][0], top[i], p.at_s, nbrs, lane=i in lanes)
         decisions[d.rule] += 1
+        how[p.ticket["id"]] = (d.rule, top[i][0][0])
         seen.append(i)
         grp = g.groups[g.resolve(d.group)]
         if grp.incident_ts is not None and grp.gid not in opened:  # the Grouper decides when an incident opens
@@ -149,7 +151,7 @@ def replay(planned: list, vecs: np.ndarray, top: list[list[tuple[str, float]]], 
     final = {t: g.group_of_ticket(t) for t in g.group_of}
     incidents = {g.resolve(x) for x in opened}
     return {"groups": final, "incidents": incidents, "opened": {x: opened[x] for x in opened if x in incidents},
-            "opening": opening, "decisions": dict(decisions)}
+            "opening": opening, "decisions": dict(decisions), "how": how}
 
 
 def score(planned: list, res: dict) -> dict:
@@ -177,6 +179,9 @@ def score(planned: list, res: dict) -> dict:
     # a background ticket of the storm's own intent is the same problem reported outside the storm's script:
     # grouping it with the storm is right, so "wrongly inside" counts only the other intents
     wrong = [t for t in inside if intent[t] != storm_intent[storm_main[groups[t]]]]
+    # how the wrongly inside got there: the rule that placed each (a later merge carries a group's whole membership)
+    wrongly = {"by_rule": dict(Counter(res["how"][t][0] for t in wrong).most_common()),
+               "by_intent": dict(Counter(f"{intent[t]} (as {res['how'][t][1]})" for t in wrong).most_common(8))}
     # incidents holding no storm ticket (false pages): who opened them and the storm test at that ticket
     stormy = {groups[t] for t, s in truth.items() if s is not None}
     members = Counter(groups.values())
@@ -187,7 +192,7 @@ def score(planned: list, res: dict) -> dict:
                       **res["opening"].get(gid, {})})
     return {"pairs": pairs, "storms": per, "background_in_storm_incidents": round(len(inside) / max(1, len(bg)), 4),
             "background_wrongly_in_storm_incidents": round(len(wrong) / max(1, len(bg)), 4),
-            "background": len(bg), "incidents_total": len(incidents),
+            "background": len(bg), "wrongly": wrongly, "incidents_total": len(incidents),
             "incidents_without_storm_tickets": len(false), "false_incidents": false, "decisions": res["decisions"]}
 
 
@@ -274,6 +279,8 @@ def main(argv=None) -> int:
                       f"bg in storm inc {s['background_in_storm_incidents']:.3f} "
                       f"(other intents {s['background_wrongly_in_storm_incidents']:.3f})  "
                       f"inc {s['incidents_total']} ({s['incidents_without_storm_tickets']} no storm) | {storms}")
+                if s["wrongly"]["by_rule"]:
+                    print(f"    wrongly inside by rule {s['wrongly']['by_rule']}; intents {s['wrongly']['by_intent']}")
                 for f in s["false_incidents"]:
                     st = f.get("storm", {})
                     print(f"    no-storm incident {f['group']}: {f['size']} tickets {f['true_intents']}, opened at "

@@ -383,7 +383,7 @@ async def _order(r, k) -> list[tuple[str, str, str]]:
 
 async def test_a_lane_runs_its_singles_first_and_hands_what_waits_once_triage_says_so(settings, r):
     """A burst in the urgent lane (one category, more than a lane batch) with singles behind it: the lane's first
-    batch holds the burst's first two and the singles, the rest waits in the lane for later batches; once the
+    batch holds the burst's first two and the singles (alone: a short batch), the rest waits in the lane; once the
     stage's triage says the burst's category is not urgent work (an incident opened while that batch ran), what
     still waits is handed to the main loop at the next turn. Each entry runs once; nothing stays pending."""
     from routing_engine.infra.runtime import LANE_BATCH
@@ -416,10 +416,10 @@ async def test_a_lane_runs_its_singles_first_and_hands_what_waits_once_triage_sa
         await asyncio.wait_for(task, 10)
     order = await _order(r, k)
     assert sorted(n for n, _, _ in order) == sorted(burst + ["s0", "s1"])  # each once
-    assert stage.lane_batches[0] == burst[:2] + ["s0", "s1"] + burst[2:lane - 2]
+    assert stage.lane_batches[0] == burst[:2] + ["s0", "s1"]  # singles run alone, the burst's first two with them
     assert len(stage.lane_batches) == 1  # the rest of the burst: the main loop's, handed at the next turn
-    assert [n for n, where, _ in order if where == "main"] == burst[lane - 2:]
-    assert handed._value.get() - before == len(burst) - (lane - 2)
+    assert [n for n, where, _ in order if where == "main"] == burst[2:]
+    assert handed._value.get() - before == len(burst) - 2
     info = next(g for g in await r.xinfo_groups(k.deduped_urgent) if g["name"] == b"route")
     assert info["pending"] == 0 and info["lag"] == 0
 
@@ -427,16 +427,16 @@ async def test_a_lane_runs_its_singles_first_and_hands_what_waits_once_triage_sa
 async def test_entries_waiting_in_a_lane_are_not_reclaimed_by_another_worker(settings, r):
     """What a lane read and keeps for later batches stays pending under its consumer, idle as far as Redis can tell:
     the runner touches it (XCLAIM JUSTID to itself) so a second worker's reclaim, due every 100 ms and taking entries
-    idle 400 ms, never takes it while the lane works through ~1 s of batches. Each entry runs once, by one worker."""
+    idle 400 ms, never takes it while the lane works through ~2.5 s of batches. Each entry runs once, by one worker."""
     from dataclasses import replace
 
-    from routing_engine.infra.runtime import LANE_BATCH
+    from routing_engine.infra.runtime import LANE_BATCH, LANE_LATER_BATCH
     from routing_engine.metrics import RECLAIMED
 
     k = Keys(settings.prefix)
     s = replace(settings, claim_idle_ms=400, claim_every_ms=100)
     lane = min(LANE_BATCH, settings.batch_size)
-    ids = [f"b{i}" for i in range(3 * lane - 10)]  # three lane batches, 0.35 s each
+    ids = [f"b{i}" for i in range(3 * lane - 10)]
     for n in ids:
         await r.xadd(k.deduped_urgent, {"n": n, "cat": "storm"})
     stages = [Triaging(s, k, consumer=c, slow_s=0.35) for c in ("w1", "w2")]
@@ -455,4 +455,7 @@ async def test_entries_waiting_in_a_lane_are_not_reclaimed_by_another_worker(set
     assert len({c for _, _, c in order}) == 1  # all by the worker whose lane read them
     assert reclaimed._value.get() == before
     assert sum(len(b) for st in stages for b in st.lane_batches) == len(ids)
-    assert max(len(st.lane_batches) for st in stages) == 3
+    # the burst's first two, then the rest in short batches while they wait (7 x 0.35 s with batch_size 32)
+    later = min(lane, LANE_LATER_BATCH)
+    assert [len(b) for st in stages for b in st.lane_batches] == [2] + [later] * ((len(ids) - 2) // later) + (
+        [(len(ids) - 2) % later] if (len(ids) - 2) % later else [])
