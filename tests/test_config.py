@@ -16,6 +16,7 @@ from routing_engine.config import Settings
     ("ROUTING_EMBED_THREADS", "-1", "ROUTING_EMBED_THREADS=-1: must be at least 0"),
     ("ROUTING_BLAS_THREADS", "two", "ROUTING_BLAS_THREADS='two': expected int"),
     ("ROUTING_STORM_PRIOR", "-2", "ROUTING_STORM_PRIOR=-2.0: must be at least 0.0"),
+    ("ROUTING_STORM_LABEL_FIRST", "flase", "ROUTING_STORM_LABEL_FIRST='flase': expected bool"),
 ])
 def test_a_bad_setting_is_refused_by_name(monkeypatch, capsys, env, value, says):
     monkeypatch.setenv(env, value)

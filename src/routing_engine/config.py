@@ -15,8 +15,14 @@ def _cast_of(f) -> type:
 
 def _parse(raw: str, cast):
     if cast is bool:
-        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+        word = str(raw).strip().lower()
+        if word not in _TRUE + _FALSE:  # a typo must not turn a feature off unsaid
+            raise ValueError(raw)
+        return word in _TRUE
     return cast(raw)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _env(name: str, default, cast):
@@ -84,6 +90,7 @@ class Settings:
     storm_tau_fringe: float = field(default=0.5, metadata={"env": "ROUTING_STORM_TAU_FRINGE", "help": "centroid cosine to an open storm's group under which a bursting group is never that storm's fringe"})
     storm_chance: float = field(default=1e-3, metadata={"env": "ROUTING_STORM_CHANCE", "help": "a burst must be this unlikely as chance (Poisson tail of the group's last seconds at its baseline) to open an incident; 0 = off"})
     storm_prior: float = field(default=4.0, metadata={"env": "ROUTING_STORM_PRIOR", "help": "while a group is in storm state its category's label counts this many times in a ticket's top labels (a label shift: the storm makes its intent likelier than the classifier's training mix); 1 = off"})
+    storm_label_first: bool = field(default=True, metadata={"env": "ROUTING_STORM_LABEL_FIRST", "help": "a ticket the classifier files under a storming group's category joins that storm before a closer group of another category (keeps storm tickets from taking over, then merging in, a background group)"})
     storm_fringe_ratio: float = field(default=0.1, metadata={"env": "ROUTING_STORM_FRINGE_RATIO", "help": "a bursting group near an open storm growing at under this share of its rate is its fringe: no incident of its own (0 = off)"})
     urgent_threshold: float = field(default=0.8, metadata={"env": "ROUTING_URGENT_THRESHOLD", "help": "S above this sends an alert"})
     alert_url: str = field(default="", metadata={"env": "ROUTING_ALERT_URL", "help": "outbound webhook for alerts (unset = none)"})

@@ -211,6 +211,68 @@ def test_a_storm_shifts_the_prior_of_its_intent_and_two_confusable_storms_cancel
     assert d.rule == "none" and d.group == "t2"
 
 
+def test_a_ticket_of_a_storms_category_joins_the_storm_before_a_closer_group_of_another_category():
+    """A small background group sits nearer one storm template than the storm's own spread-out centroid: a ticket
+    the classifier files under the storm's category joins the storm (storm_label_first), not that group, which would
+    otherwise turn the storm's category by count and merge into it with its background members."""
+    rule = GroupingRule(tau=0.99, tau_category=0.99, tau_centroid=0.9, tau_centroid_category=0.55, storm_prior=1.0)
+
+    def build(r):
+        g = Grouper(r)
+        s0, s1 = unit(1, 0.5, 0), unit(1, -0.5, 0)  # the storm: two templates, its centroid between them
+        g.assign("s0", s0, "compromised_card", top("compromised_card"), 0, [])
+        g.assign("s1", s1, "compromised_card", top("compromised_card"), 1, [("s0", float(s0 @ s1))])
+        b0, b1 = unit(1, 0.5, 0.25), unit(1, 0.5, 0.15)  # background of another intent, next to template s0
+        g.assign("b0", b0, "card_payment_not_recognised", top("card_payment_not_recognised"), 2, [])
+        g.assign("b1", b1, "card_payment_not_recognised", top("card_payment_not_recognised"), 3, [("b0", 0.99)])
+        assert {g.group_of_ticket(t) for t in ("s0", "s1", "b0", "b1")} == {"s0", "b0"}
+        return g
+
+    ticket = unit(1, 0.5, 0.05)  # a storm ticket in template s0's words
+    g = build(rule)
+    sims = {gid: float(g.groups[gid].centroid @ ticket) for gid in ("s0", "b0")}
+    assert sims["b0"] > rule.tau_centroid > sims["s0"] > rule.tau_centroid_category  # the other group is closer
+    # no storm yet: the closest group above tau_centroid, whatever its category
+    assert g.assign("t0", ticket, "compromised_card", top("compromised_card"), 4, []).group == "b0"
+    g = build(rule)
+    g.groups["s0"].storm = True
+    d = g.assign("t1", ticket, "compromised_card", top("compromised_card"), 4, [("b0", 0.99)])
+    assert d.group == "s0" and d.rule == "centroid_category"
+    # a ticket of the other intent still joins its own group
+    assert g.assign("t2", ticket, "card_payment_not_recognised", top("card_payment_not_recognised"), 5,
+                    []).group == "b0"
+    # off: the storm ticket goes to the closer background group
+    off = build(replace(rule, storm_label_first=False))
+    off.groups["s0"].storm = True
+    assert off.assign("t1", ticket, "compromised_card", top("compromised_card"), 4, [("b0", 0.99)]).group == "b0"
+
+
+def test_a_group_of_mixed_categories_does_not_merge_even_once_its_main_category_matches():
+    """Three background tickets of one intent, then four tickets of another intent that are closer to them than to
+    that intent's own group: the group's main category turns to the other intent by count, but at 4 of 7 it is not
+    merged into the other intent's group (merge_purity), which would carry the three background tickets with it."""
+    rule = GroupingRule(tau=0.99, tau_category=0.99, tau_centroid=0.9, tau_centroid_category=0.55, tau_merge=0.65,
+                        storm_prior=1.0, merge_purity=0.67)
+
+    def build(r):
+        g = Grouper(r, incident_k=100)
+        for i, v in enumerate([unit(1, 0.1, 0), unit(1, -0.1, 0), unit(1, 0, 0.1)]):
+            g.assign(f"a{i}", v, "compromised_card", top("compromised_card"), i, [("a0", 0.99)] if i else [])
+        for i, z in enumerate([0.02, -0.02, 0.0]):
+            g.assign(f"b{i}", unit(1, 0.6, z), "card_payment_not_recognised", top("card_payment_not_recognised"),
+                     3 + i, [("b0", 0.999)] if i else [])
+        decided = [g.assign(f"x{i}", unit(1, 0.6, 0.01 * i), "compromised_card", top("compromised_card"), 6 + i,
+                            [("b0", 0.999)]) for i in range(4)]
+        return g, decided
+
+    g, decided = build(rule)
+    assert all(d.group == "b0" for d in decided)  # closer to the background group than to a0's (0.86 < 0.9)
+    assert g.groups["b0"].category == "compromised_card"  # 4 of 7
+    assert not any(d.merged for d in decided) and g.group_of_ticket("b0") != g.group_of_ticket("a0")
+    off, decided = build(replace(rule, merge_purity=0.0))
+    assert any(d.merged for d in decided) and off.group_of_ticket("b0") == off.group_of_ticket("a0")
+
+
 class _Reference(Grouper):
     """The straightforward rule the Grouper's centroid cache must decide exactly like: every candidate group's
     total stacked and compared per ticket, the merge candidates listed one by one (as before the cache)."""
@@ -231,7 +293,7 @@ class _Reference(Grouper):
             gid = self.group_of_ticket(nbr)
             if gid is not None and gid in self.groups:
                 candidates.setdefault(gid, self.groups[gid])
-        best = None
+        passing = []
         cands = list(candidates.values())
         for g, s in zip(cands, _cosines(cands, vec)):
             if s >= r.tau_centroid:
@@ -241,6 +303,12 @@ class _Reference(Grouper):
                 rule = "centroid_category"
             else:
                 continue
+            passing.append((s, g, rule))
+        if r.storm_label_first and category is not None and any(g.storm and g.category == category
+                                                                for _, g, _ in passing):
+            passing = [x for x in passing if x[1].storm or x[1].category == category]
+        best = None
+        for s, g, rule in passing:
             if best is None or (s, g.n) > best[:2] or ((s, g.n) == best[:2] and g.gid < best[2]):
                 best = (s, g.n, g.gid, rule)
         return best
@@ -253,6 +321,9 @@ class _Reference(Grouper):
         same = [o for o in self._multi() if o.gid != gid and o.n >= r.min_merge_size and o.category == g.category]
         close = sorted((o for o, s in zip(same, _cosines(same, g.centroid))
                         if s >= r.tau_merge and frozenset((g.gid, o.gid)) not in self.apart), key=survivor_key)
+        share = lambda x: max(x.categories.values()) / sum(x.categories.values())  # noqa: E731
+        if r.merge_purity > 0:
+            close = [o for o in close if share(o) >= r.merge_purity and share(g) >= r.merge_purity]
         pairs = []
         if close:
             survivor = min([g, *close], key=survivor_key)

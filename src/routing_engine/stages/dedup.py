@@ -51,7 +51,7 @@ def rule_of(settings) -> GroupingRule:
                         tau_centroid_category=s.dedup_tau_centroid_category, tau_merge=s.dedup_tau_merge,
                         storm_burst=s.storm_burst, storm_calm=s.storm_calm, storm_quiet_s=s.storm_quiet_s,
                         tau_fringe=s.storm_tau_fringe, fringe_ratio=s.storm_fringe_ratio, storm_chance=s.storm_chance,
-                        storm_prior=s.storm_prior)
+                        storm_prior=s.storm_prior, storm_label_first=s.storm_label_first)
 
 
 BACKDATE_MAX_S = 3600  # created_at older than this (or the window, when longer) is not believed for rates
