@@ -71,13 +71,15 @@ LANE_TRIAGE = 256
 # A storm's members before its incident is open (triage's `later`) stay in the lane, behind its singles: the lane
 # runs one batch a turn, singles first, and reads again before its next turn, so a single arriving meanwhile waits for
 # one batch, not for the burst. Kept in the lane, not handed to the main loop: handed, a storm was seen from the lane
-# K tickets a read, its rate grew slowly and its incident opened late (overload at capacity 200 on a slow box:
-# 2.9 and 5.9 s after its K-th ticket against 0.8-1.3 s). Past this many waiting, the newest go to the main loop.
+# K tickets a read, its rate grew slowly and its incident opened late (overload at capacity 200 on a ~260 texts/s box:
+# 5.1 and 4.1 s after its K-th ticket in two of three runs, against 1.35-1.61 s kept in the lane). Past this many
+# waiting, the newest go to the main loop.
 LANE_LATER_MAX = 1024
 # A turn with no singles runs at most this many of the later ones: a single arriving meanwhile waits for a short
-# batch. Measured on a box with a ~200 texts/s ceiling (overload --capacity 200, two pairs): urgent singles p50 94 / 104
-# ms, p99 1.37 / 0.90 s with 16 against 467 / 280 ms, 1.75 / 1.73 s with 64; the storm's incident opened 2.24 / 2.54 s
-# after its K-th ticket against 1.99 / 1.95 s (bench/results/lane-later/).
+# batch. Measured on a box with a ~200 texts/s ceiling (overload --capacity 200): urgent singles p50 / p99 62 / 681 ms
+# against 662 / 1,977 ms with batches of 64, the storm's incident 1.08 s after its K-th ticket against 2.37 s (one
+# pair; with K a turn, two pairs: p99 1.37 / 0.90 s against 1.75 / 1.73 s, detection 0.3-0.6 s later than with 64:
+# bench/results/lane-later/).
 LANE_LATER_BATCH = 16
 
 
