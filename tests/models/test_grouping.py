@@ -248,29 +248,34 @@ def test_a_ticket_of_a_storms_category_joins_the_storm_before_a_closer_group_of_
 
 
 def test_a_group_of_mixed_categories_does_not_merge_even_once_its_main_category_matches():
-    """Three background tickets of one intent, then four tickets of another intent that are closer to them than to
-    that intent's own group: the group's main category turns to the other intent by count, but at 4 of 7 it is not
-    merged into the other intent's group (merge_purity), which would carry the three background tickets with it."""
+    """Three background tickets of one intent, then a group of another intent, then four tickets of that intent
+    closer to the first group than to their own: the first group's main category turns by count, but at 4 of 7 it
+    is not merged into the other intent's group (merge_purity: the group there first must be two thirds one
+    category), which would carry the three background tickets with it."""
     rule = GroupingRule(tau=0.99, tau_category=0.99, tau_centroid=0.9, tau_centroid_category=0.55, tau_merge=0.65,
                         storm_prior=1.0, merge_purity=0.67)
 
-    def build(r):
+    def build(r, background_first=True):
         g = Grouper(r, incident_k=100)
-        for i, v in enumerate([unit(1, 0.1, 0), unit(1, -0.1, 0), unit(1, 0, 0.1)]):
-            g.assign(f"a{i}", v, "compromised_card", top("compromised_card"), i, [("a0", 0.99)] if i else [])
+        tb, ta = (0, 3) if background_first else (3, 0)
         for i, z in enumerate([0.02, -0.02, 0.0]):
             g.assign(f"b{i}", unit(1, 0.6, z), "card_payment_not_recognised", top("card_payment_not_recognised"),
-                     3 + i, [("b0", 0.999)] if i else [])
+                     tb + i, [("b0", 0.999)] if i else [])
+        for i, v in enumerate([unit(1, -0.2, 0.05), unit(1, -0.2, -0.05), unit(1, -0.2, 0)]):
+            g.assign(f"a{i}", v, "compromised_card", top("compromised_card"), ta + i, [("a0", 0.99)] if i else [])
         decided = [g.assign(f"x{i}", unit(1, 0.6, 0.01 * i), "compromised_card", top("compromised_card"), 6 + i,
                             [("b0", 0.999)]) for i in range(4)]
         return g, decided
 
     g, decided = build(rule)
-    assert all(d.group == "b0" for d in decided)  # closer to the background group than to a0's (0.86 < 0.9)
+    assert all(d.group == "b0" for d in decided)  # closer to the background group than to a0's (0.74 < 0.9)
     assert g.groups["b0"].category == "compromised_card"  # 4 of 7
     assert not any(d.merged for d in decided) and g.group_of_ticket("b0") != g.group_of_ticket("a0")
     off, decided = build(replace(rule, merge_purity=0.0))
     assert any(d.merged for d in decided) and off.group_of_ticket("b0") == off.group_of_ticket("a0")
+    # the mixed group started after the other (a storm's own sub-group, the storm's intent and a neighbour): merged
+    later, decided = build(rule, background_first=False)
+    assert any(d.merged for d in decided) and later.group_of_ticket("b0") == later.group_of_ticket("a0")
 
 
 class _Reference(Grouper):
@@ -323,7 +328,7 @@ class _Reference(Grouper):
                         if s >= r.tau_merge and frozenset((g.gid, o.gid)) not in self.apart), key=survivor_key)
         share = lambda x: max(x.categories.values()) / sum(x.categories.values())  # noqa: E731
         if r.merge_purity > 0:
-            close = [o for o in close if share(o) >= r.merge_purity and share(g) >= r.merge_purity]
+            close = [o for o in close if share(min(g, o, key=lambda x: (x.first_ts, x.gid))) >= r.merge_purity]
         pairs = []
         if close:
             survivor = min([g, *close], key=survivor_key)
