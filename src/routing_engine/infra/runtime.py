@@ -76,10 +76,9 @@ LANE_TRIAGE = 256
 # waiting, the newest go to the main loop.
 LANE_LATER_MAX = 1024
 # A turn with no singles runs at most this many of the later ones: a single arriving meanwhile waits for a short
-# batch. Measured on a box with a ~200 texts/s ceiling (overload --capacity 200): urgent singles p50 / p99 62 / 681 ms
-# against 662 / 1,977 ms with batches of 64, the storm's incident 1.08 s after its K-th ticket against 2.37 s (one
-# pair; with K a turn, two pairs: p99 1.37 / 0.90 s against 1.75 / 1.73 s, detection 0.3-0.6 s later than with 64:
-# bench/results/lane-later/).
+# batch. Measured on a box with a ~200 texts/s ceiling (overload --capacity 200, two pairs): urgent singles p99 681 /
+# 707 ms against 1,977 / 1,855 ms with batches of 64, the storm's incident 1.08 / 1.96 s after its K-th ticket against
+# 2.37 / 2.12 s (bench/results/lane-later/).
 LANE_LATER_BATCH = 16
 
 
