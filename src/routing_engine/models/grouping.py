@@ -123,10 +123,10 @@ class GroupingRule:
     # A ticket the classifier files under the category of a group in storm state joins that storm (at
     # tau_centroid_category) before any closer calm group of another category (another storm still competes by
     # cosine): a small background group's centroid sits nearer one storm template than the big storm's spread-out
-    # centroid. Without it (overload, live): a background
-    # group of 15 card_payment_not_recognised tickets drew 17 storm tickets the classifier put in its category, then
-    # 36 compromised_card storm tickets by centroid >= 0.9, turned compromised_card by count and merged into the
-    # storm with its background (41 of 2,483 background tickets wrongly inside the storm's incident, 1.7%).
+    # centroid. Without it (overload, live): a background group of 15 card_payment_not_recognised tickets drew 17
+    # storm tickets the classifier put in its category, then 36 compromised_card storm tickets by centroid >= 0.9,
+    # turned compromised_card by count and merged into the storm with its background (41 of 2,483 background
+    # tickets wrongly inside the storm's incident, 1.7%).
     storm_label_first: bool = True
 
 
